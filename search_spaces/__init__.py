@@ -1,0 +1,1 @@
+"""Declarative YAML search spaces, shipped as package data."""

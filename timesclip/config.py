@@ -1,0 +1,285 @@
+"""TrainConfig: the one list of hyperparameters.
+
+Every hyperparameter has exactly one name — the field name here — and that name is used
+unchanged by the training CLI (`--contrastive-weight`), the YAML search spaces, the trial
+configs, the results tables and the exported best configuration. Defaults follow the
+user's own training recipe (AdamW 1e-4, ReduceLROnPlateau, clip 1.0, batch 32, ...).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from timesclip.errors import ConfigError
+
+DEFAULT_BACKBONE = "openai/clip-vit-base-patch16"
+
+#: The ablation matrix of SEED.md: id -> the TrainConfig switches it sets.
+ABLATIONS: dict[str, dict[str, Any]] = {
+    "E1": dict(use_vision=True, use_contrastive=True, use_variate_selection=True,
+               language_backbone="clip"),
+    "E2": dict(use_vision=True, use_contrastive=False, use_variate_selection=True,
+               language_backbone="clip"),
+    "E3": dict(use_vision=True, use_contrastive=True, use_variate_selection=False,
+               language_backbone="clip"),
+    "E4": dict(use_vision=False, use_contrastive=False, use_variate_selection=False,
+               language_backbone="clip"),
+    "E5": dict(use_vision=True, use_contrastive=False, use_variate_selection=False,
+               language_backbone="scratch"),
+}
+
+ABLATION_MEANINGS: dict[str, str] = {
+    "E1": "full TimesCLIP",
+    "E2": "no contrastive loss",
+    "E3": "no variate selection",
+    "E4": "language only (CLIP-Text, no vision)",
+    "E5": "baseline: frozen CLIP-Vision + Transformer from scratch, plain MSE",
+}
+
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "split": ("random", "year"),
+    "scheduler": ("plateau", "cosine"),
+    "contrastive_mode": ("variate", "global", "hybrid"),
+    "language_backbone": ("clip", "scratch"),
+}
+
+
+@dataclass
+class TrainConfig:
+    """All hyperparameters of one TimesCLIP training run (data window, model, optimiser)."""
+
+    # --- data window and split (part of the config so a best config reproduces its split)
+    bands: list[str] | None = None  # None: every band found in the CSVs, in file order
+    input_steps: int = 12  # first N ten-day steps of the season fed to the model
+    split: str = "random"  # "random" (seeded) or "year" (hold out test_year)
+    test_year: int | None = None  # required when split == "year"
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15  # used by the random split only
+
+    # --- backbone and rendering
+    backbone: str = DEFAULT_BACKBONE  # hub id, local directory, or "tiny" (random, small)
+    image_size: int | None = None  # None: the vision tower's native size
+    line_width: float = 1.5  # rendered line half-thickness, in pixels at 224 px
+
+    # --- model
+    patch_length: int = 6
+    stride: int = 3
+    d_model: int = 128
+    n_heads: int = 4
+    dropout: float = 0.1
+    head_hidden: int = 128
+    use_vision: bool = True
+    use_contrastive: bool = True
+    use_variate_selection: bool = True
+    language_backbone: str = "clip"  # "clip" (pretrained CLIP-Text) or "scratch"
+    freeze_text: bool = True  # False: fine-tune CLIP-Text with backbone_lr
+
+    # --- contrastive alignment
+    contrastive_mode: str = "hybrid"  # variate | global | hybrid
+    contrastive_weight: float = 0.1
+    temperature: float = 0.07
+    learnable_temperature: bool = False
+    hybrid_alpha: float = 0.5
+
+    # --- optimisation
+    batch_size: int = 32
+    lr: float = 1e-4
+    backbone_lr: float = 1e-5  # for unfrozen pretrained weights (CLIP-Text when fine-tuned)
+    weight_decay: float = 1e-5
+    epochs: int = 100
+    patience: int = 15  # early stopping on val_loss
+    scheduler: str = "plateau"  # plateau (ReduceLROnPlateau) | cosine
+    plateau_factor: float = 0.5
+    plateau_patience: int = 5
+    grad_clip: float = 1.0  # max gradient norm; 0 disables clipping
+    seed: int = 42
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> None:
+        """Raise ConfigError with one line naming the bad field, its value and the rule."""
+
+        def need(ok: bool, name: str, rule: str) -> None:
+            if not ok:
+                raise ConfigError(f"{name} must be {rule}, got {getattr(self, name)!r}")
+
+        for name, choices in _CHOICES.items():
+            need(getattr(self, name) in choices, name, "one of " + ", ".join(choices))
+        for name in ("input_steps", "patch_length", "stride", "d_model", "n_heads",
+                     "head_hidden", "batch_size", "epochs", "patience", "plateau_patience"):
+            value = getattr(self, name)
+            need(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+                 name, "an integer >= 1")
+        for name in ("temperature", "lr", "backbone_lr"):
+            value = getattr(self, name)
+            need(isinstance(value, (int, float)) and math.isfinite(value) and value > 0,
+                 name, "> 0")
+        for name in ("contrastive_weight", "weight_decay", "grad_clip"):
+            value = getattr(self, name)
+            need(isinstance(value, (int, float)) and math.isfinite(value) and value >= 0,
+                 name, ">= 0")
+        for name in ("hybrid_alpha",):
+            need(0.0 <= getattr(self, name) <= 1.0, name, "between 0 and 1")
+        need(0.0 <= self.dropout < 1.0, "dropout", "in [0, 1)")
+        need(0.0 < self.plateau_factor < 1.0, "plateau_factor", "in (0, 1)")
+        need(0.0 < self.val_fraction < 0.5, "val_fraction", "in (0, 0.5)")
+        need(0.0 < self.test_fraction < 0.5, "test_fraction", "in (0, 0.5)")
+        need(self.line_width > 0, "line_width", "> 0")
+        need(self.image_size is None or (isinstance(self.image_size, int)
+                                          and self.image_size >= 16),
+             "image_size", "None or an integer >= 16")
+        need(isinstance(self.seed, int), "seed", "an integer")
+        need(isinstance(self.backbone, str) and self.backbone != "", "backbone",
+             "a hub id, a local directory or 'tiny'")
+        need(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
+             "device", "auto, cpu, cuda or cuda:N")
+        if self.bands is not None:
+            need(isinstance(self.bands, list) and len(self.bands) > 0
+                 and all(isinstance(b, str) and b for b in self.bands),
+                 "bands", "a non-empty list of band names")
+        if self.split == "year" and self.test_year is None:
+            raise ConfigError("test_year must be given when split is 'year' "
+                              "(e.g. --test-year 2020)")
+        if self.patch_length > self.input_steps:
+            raise ConfigError(f"patch_length ({self.patch_length}) must be <= input_steps "
+                              f"({self.input_steps})")
+        if self.stride > self.patch_length:
+            raise ConfigError(f"stride ({self.stride}) must be <= patch_length "
+                              f"({self.patch_length}), or some steps are never seen")
+        if self.d_model % self.n_heads:
+            raise ConfigError(f"d_model ({self.d_model}) must be divisible by n_heads "
+                              f"({self.n_heads})")
+        if self.use_contrastive and not self.use_vision:
+            raise ConfigError("use_contrastive needs use_vision: the contrastive loss aligns "
+                              "the vision and language branches (use --no-contrastive with "
+                              "--language-only)")
+
+    # ------------------------------------------------------------------ derived values
+    @property
+    def n_patches(self) -> int:
+        """Number of patches the language branch cuts from `input_steps` steps."""
+        return (self.input_steps - self.patch_length) // self.stride + 1
+
+    @property
+    def ablation_id(self) -> str | None:
+        """The E1..E5 id whose switches this config matches, or None."""
+        for key, switches in ABLATIONS.items():
+            if all(getattr(self, k) == v for k, v in switches.items()):
+                return key
+        return None
+
+    # ------------------------------------------------------------------ conversions
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.field_names()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> TrainConfig:
+        """Build a config from a mapping; unknown keys are an error naming the source.
+
+        A top-level `provenance` key (written by the best-config export) is ignored.
+        """
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: expected a mapping of parameter: value")
+        known = set(cls.field_names())
+        data = {k: v for k, v in data.items() if k != "provenance"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"{source}: unknown parameter(s) {', '.join(unknown)}; "
+                              f"known parameters are TrainConfig fields, e.g. "
+                              f"{', '.join(sorted(known)[:6])}, ...")
+        cleaned = {k: _coerce(k, v, source) for k, v in data.items()}
+        return cls(**cleaned)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A validated copy with some fields changed (unknown names raise ConfigError)."""
+        merged = self.to_dict()
+        merged.update(changes)
+        return TrainConfig.from_dict(merged, source="override")
+
+    def to_yaml(self, path: str | Path | None = None,
+                provenance: dict[str, Any] | None = None) -> str:
+        data: dict[str, Any] = self.to_dict()
+        if provenance is not None:
+            data["provenance"] = provenance
+        text = yaml.safe_dump(data, sort_keys=False)
+        if path is not None:
+            _atomic_write(Path(path), text)
+        return text
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> TrainConfig:
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            first = str(exc).splitlines()[0] if str(exc) else "invalid YAML"
+            raise ConfigError(f"{path}: not valid YAML ({first})") from None
+        return cls.from_dict(data, source=str(path))
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    """Convert YAML/CLI values to the field's type so 1e-4 written as '1e-4' works."""
+    types = {f.name: f.type for f in fields(TrainConfig)}
+    kind = str(types[name])
+    if value is None:
+        return None
+    try:
+        if kind == "float":
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if kind in ("int", "int | None"):
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if kind == "bool":
+            if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no"):
+                return value.lower() in ("true", "yes")
+            if not isinstance(value, bool):
+                raise ValueError
+            return value
+        if kind == "list[str] | None":
+            if isinstance(value, str):
+                return [b.strip() for b in value.split(",") if b.strip()]
+            return [str(b) for b in value]
+        if kind == "str":
+            return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{source}: {name} must be of type {kind}, got {value!r}") from None
+    return value
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    """Write via a temporary file + rename so a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def apply_ablation(config: TrainConfig, ablation: str) -> TrainConfig:
+    """Return `config` with the switches of ablation id E1..E5."""
+    key = ablation.upper()
+    if key not in ABLATIONS:
+        raise ConfigError(f"unknown ablation {ablation!r}; choose one of {', '.join(ABLATIONS)}")
+    return config.replace(**ABLATIONS[key])
+
+
+__all__ = ["ABLATIONS", "ABLATION_MEANINGS", "DEFAULT_BACKBONE", "TrainConfig",
+           "apply_ablation"]

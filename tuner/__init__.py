@@ -1,0 +1,1 @@
+"""Ray Tune + Optuna + ASHA hyperparameter search around timesclip.train.fit."""
