@@ -60,6 +60,7 @@ class TrainConfig:
     test_year: int | None = None  # required when split == "year"
     val_fraction: float = 0.15
     test_fraction: float = 0.15  # used by the random split only
+    split_seed: int = 42  # seeds the split only, so training seeds never move the test set
 
     # --- backbone and rendering
     backbone: str = DEFAULT_BACKBONE  # hub id, local directory, or "tiny" (random, small)
@@ -137,6 +138,7 @@ class TrainConfig:
                                           and self.image_size >= 16),
              "image_size", "None or an integer >= 16")
         need(isinstance(self.seed, int), "seed", "an integer")
+        need(isinstance(self.split_seed, int), "split_seed", "an integer")
         need(isinstance(self.backbone, str) and self.backbone != "", "backbone",
              "a hub id, a local directory or 'tiny'")
         need(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),

@@ -1,0 +1,451 @@
+"""YAML search spaces: loading, define-by-run sampling, trial configs and every error path."""
+
+from __future__ import annotations
+
+import copy
+import math
+import pickle
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import yaml
+from optuna.samplers import TPESampler
+
+from timesclip.config import ABLATIONS, TrainConfig
+from timesclip.errors import ConfigError
+from tuner.spaces import ParamSpec, SearchSpace, list_spaces, load_space
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+FIELDS = set(TrainConfig.field_names())
+
+
+def _run_asks(space: SearchSpace, n: int, seed: int = 0) -> list[tuple[dict, dict]]:
+    """Ask/tell a real TPE study n times; returns (optuna params, constants) per trial.
+
+    Telling an objective makes TPE leave its random start-up phase, so the conditional
+    logic is exercised under the model-based sampler too.
+    """
+    study = optuna.create_study(sampler=TPESampler(seed=seed, n_startup_trials=5))
+    out = []
+    for _ in range(n):
+        trial = study.ask()
+        constants = space.define_by_run(trial) or {}
+        params = dict(trial.params)
+        out.append((params, constants))
+        study.tell(trial, sum(hash(str(v)) % 97 for v in params.values()) / 97.0)
+    return out
+
+
+def _within(spec: ParamSpec, value: Any) -> bool:
+    if spec.type in ("loguniform", "uniform"):
+        return isinstance(value, float) and spec.low <= value <= spec.high
+    if spec.type == "int":
+        return isinstance(value, int) and spec.low <= value <= spec.high
+    if spec.is_pair:
+        return value in spec.labels()
+    return value in spec.choices
+
+
+# ---------------------------------------------------------------------------- bundled spaces
+def test_bundled_spaces_are_listed_and_load() -> None:
+    names = list_spaces()
+    assert {"full", "quick", "ablation"} <= set(names)
+    for name in names:
+        space = load_space(name)
+        assert space.name == name
+        assert space.path.is_file() and space.path.suffix == ".yaml"
+        assert space.description
+        assert space.budget.grace_period <= space.budget.max_epochs
+        assert set(space.sampled_names()) <= FIELDS
+
+
+def test_full_space_matches_the_agreed_budget() -> None:
+    space = load_space("full")
+    b, r = space.budget, space.resources
+    assert (b.num_samples, b.max_epochs, b.grace_period, b.reduction_factor) == (64, 100, 5, 3)
+    assert (b.metric, b.mode, b.max_concurrent) == ("val_rmse", "min", 8)
+    assert (r.cpus_per_trial, r.gpus_per_trial) == (4, 0.25)
+    names = [p.name for p in space.parameters]
+    assert names[0] == "use_contrastive"
+    by_name = {p.name: p for p in space.parameters}
+    assert by_name["contrastive_weight"].log and by_name["contrastive_weight"].low == 1e-3
+    assert by_name["backbone_lr"].condition == {"field": "freeze_text", "equals": False}
+    assert by_name["patch"].fields == ["patch_length", "stride"]
+    # 1e-3 is a *string* to YAML 1.1; the loader must have made it a number
+    assert all(isinstance(p.low, float) for p in space.parameters if p.type == "loguniform")
+
+
+def test_quick_space_is_a_cpu_demo() -> None:
+    space = load_space("quick")
+    assert space.base["backbone"] == "tiny"
+    assert space.resources.gpus_per_trial == 0
+    assert (space.budget.num_samples, space.budget.max_epochs) == (8, 6)
+    assert {"contrastive_weight", "temperature", "hybrid_alpha", "lr"} <= set(
+        space.sampled_names())
+
+
+def test_load_space_by_path(tmp_path: Path) -> None:
+    src = load_space("quick").path
+    dst = tmp_path / "mine.yaml"
+    dst.write_text(src.read_text())
+    space = load_space(str(dst))
+    assert space.name == "mine" and space.path == dst
+    assert space.budget == load_space("quick").budget
+
+
+def test_unknown_space_name_lists_bundled() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_space("fulll")
+    msg = str(info.value)
+    assert msg.startswith("unknown search space 'fulll'; bundled spaces: ")
+    assert "ablation, full, quick" in msg and "path to a YAML file" in msg
+    with pytest.raises(ConfigError, match="not found"):
+        load_space("does/not/exist.yaml")
+
+
+# ---------------------------------------------------------------------------- sampling
+def test_define_by_run_respects_bounds_and_conditions() -> None:
+    space = load_space("full")
+    specs = {p.name: p for p in space.parameters}
+    seen_contrastive = {True: 0, False: 0}
+    seen_hybrid_alpha = 0
+    for params, constants in _run_asks(space, 80):
+        for name, value in params.items():
+            assert name in specs, name
+            assert _within(specs[name], value), (name, value)
+        contrastive = params["use_contrastive"]
+        seen_contrastive[contrastive] += 1
+        for name in ("contrastive_weight", "temperature", "learnable_temperature",
+                     "contrastive_mode"):
+            assert (name in params) == contrastive, (name, params)
+        # hybrid_alpha: only with contrastive on AND mode hybrid (chained condition)
+        assert ("hybrid_alpha" in params) == (params.get("contrastive_mode") == "hybrid")
+        seen_hybrid_alpha += "hybrid_alpha" in params
+        assert ("backbone_lr" in params) == (params["freeze_text"] is False)
+        # the pair label comes back expanded as constants, consistent with the label
+        patch_length, stride = (int(v) for v in params["patch"].split("/"))
+        assert constants == {"patch_length": patch_length, "stride": stride}
+        assert stride <= patch_length
+    assert seen_contrastive[True] > 0 and seen_contrastive[False] > 0
+    assert seen_hybrid_alpha > 0
+
+
+def test_trial_config_is_a_valid_trainconfig() -> None:
+    space = load_space("full")
+    base = TrainConfig(seed=7, input_steps=12)
+    for params, constants in _run_asks(space, 15, seed=1):
+        cfg = space.trial_config(base, {**params, **constants})
+        assert cfg.epochs == space.budget.max_epochs
+        assert cfg.patience == space.base["patience"]
+        assert cfg.seed == 7  # from base_config, untouched by the space
+        assert f"{cfg.patch_length}/{cfg.stride}" == params["patch"]
+        for name, value in params.items():
+            if name != "patch":
+                assert getattr(cfg, name) == value
+        # only the label (what OptunaSearch captured) is enough too
+        assert space.trial_config(base, params) == cfg
+
+
+def test_trial_config_precedence_and_errors() -> None:
+    space = load_space("quick")
+    base = TrainConfig(backbone="openai/clip-vit-base-patch16", lr=5e-4)
+    cfg = space.trial_config(base, {"temperature": 0.2})
+    assert cfg.backbone == "tiny"  # space base beats base_config
+    assert cfg.lr == 5e-4 and cfg.temperature == 0.2
+    cfg = space.trial_config(base, {"lr": 1e-3}, overrides={"backbone": "my/dir", "lr": 2e-4})
+    assert cfg.backbone == "my/dir"  # overrides beat space base
+    assert cfg.lr == 1e-3  # sampled values beat overrides
+    with pytest.raises(ConfigError, match="unknown key 'lrr'.*did you mean 'lr'"):
+        space.trial_config(base, {"lrr": 1e-3})
+    full = load_space("full")
+    with pytest.raises(ConfigError, match="patch='5/5' is not one of"):
+        full.trial_config(TrainConfig(), {"patch": "5/5"})
+    with pytest.raises(ConfigError, match="disagrees"):
+        full.trial_config(TrainConfig(), {"patch": "6/3", "stride": 2})
+    assert full.trial_config(TrainConfig(), {"patch": [4, 2]}).patch_length == 4
+    with pytest.raises(ConfigError, match="dropout"):
+        full.trial_config(TrainConfig(), {"dropout": 1.5})
+
+
+def test_optuna_search_integration_and_pickle(tmp_path: Path) -> None:
+    """Ray's OptunaSearch merges the returned constants into the trial config."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    space = pickle.loads(pickle.dumps(load_space("full")))  # searcher checkpoints pickle it
+    searcher = OptunaSearch(space=space.define_by_run, metric="val_rmse", mode="min",
+                            sampler=TPESampler(seed=0))
+    config = searcher.suggest("t0")
+    assert "patch" in config and config["patch_length"] == int(config["patch"].split("/")[0])
+    cfg = space.trial_config(TrainConfig(), config)
+    assert cfg.stride == int(config["patch"].split("/")[1])
+    searcher.on_trial_complete("t0", {"val_rmse": 1.0})
+    searcher.save(str(tmp_path / "searcher.pkl"))
+    restored = OptunaSearch()
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    assert restored.suggest("t1")["patch"] in ("6/3", "4/2", "3/3")
+
+
+def test_fixed_parameters_are_returned_as_constants(tmp_path: Path) -> None:
+    doc = _search_doc()
+    doc["parameters"]["grad_clip"] = {"type": "fixed", "value": 0.5}
+    doc["parameters"]["head_hidden"] = {"type": "int", "low": 16, "high": 64, "step": 16}
+    space = load_space(str(_write(tmp_path, doc)))
+    for params, constants in _run_asks(space, 10):
+        assert set(constants) == {"grad_clip", "patch_length", "stride"}
+        assert constants["grad_clip"] == 0.5
+        assert "grad_clip" not in params and params["head_hidden"] in (16, 32, 48, 64)
+        cfg = space.trial_config(TrainConfig(), {**params, **constants})
+        assert cfg.grad_clip == 0.5 and cfg.head_hidden == params["head_hidden"]
+    assert "grad_clip" in space.sampled_names()
+
+
+def test_condition_with_in_and_base(tmp_path: Path) -> None:
+    doc = _search_doc()
+    doc["base"]["use_vision"] = True
+    doc["parameters"] = {
+        "contrastive_mode": {"type": "choice", "choices": ["variate", "global", "hybrid"]},
+        "hybrid_alpha": {"type": "uniform", "low": 0.0, "high": 1.0,
+                         "condition": {"field": "contrastive_mode", "in": ["hybrid", "global"]}},
+        "temperature": {"type": "loguniform", "low": 0.01, "high": 0.5,
+                        "condition": {"field": "use_vision", "equals": True}},
+    }
+    space = load_space(str(_write(tmp_path, doc)))
+    for params, _ in _run_asks(space, 30):
+        assert ("hybrid_alpha" in params) == (params["contrastive_mode"] != "variate")
+        assert "temperature" in params
+
+
+def test_ablation_grid_and_configs() -> None:
+    space = load_space("ablation")
+    grid = space.ablation_grid()
+    assert space.arms == ["E1", "E2", "E3", "E4", "E5"] and space.seeds == [0, 1, 2]
+    assert len(grid) == len(space.arms) * len(space.seeds) == space.budget.num_samples
+    assert space.budget.grace_period == space.budget.max_epochs
+    assert grid[0] == {"ablation": "E1", "seed": 0}
+    for entry in grid:
+        cfg = space.trial_config(TrainConfig(), entry)
+        assert cfg.ablation_id == entry["ablation"] and cfg.seed == entry["seed"]
+        assert cfg.epochs == 100
+    with pytest.raises(ConfigError, match="ablation grid"):
+        space.define_by_run(optuna.create_study().ask())
+    with pytest.raises(ConfigError, match="not an ablation"):
+        load_space("full").ablation_grid()
+    assert set(space.sampled_names()) == set(ABLATIONS["E1"]) | {"seed"}
+
+
+def test_with_overrides() -> None:
+    quick = load_space("quick")
+    smaller = quick.with_overrides(max_epochs=3, num_samples=2, gpus_per_trial=None)
+    assert (smaller.budget.max_epochs, smaller.budget.num_samples) == (3, 2)
+    assert quick.budget.max_epochs == 6  # the original is untouched
+    assert smaller.trial_config(TrainConfig(), {}).epochs == 3
+    with pytest.raises(ConfigError, match=r"grace_period \(5\) must be <= max_epochs \(3\)"):
+        load_space("full").with_overrides(max_epochs=3)
+    ablation = load_space("ablation").with_overrides(max_epochs=4)
+    assert ablation.budget.grace_period == 4  # ablation arms are never pruned
+    with pytest.raises(ConfigError, match="arms x seeds"):
+        load_space("ablation").with_overrides(num_samples=3)
+    with pytest.raises(ConfigError, match="unknown search override"):
+        quick.with_overrides(max_epoch=3)
+
+
+# ---------------------------------------------------------------------------- invalid files
+def _search_doc() -> dict[str, Any]:
+    return {
+        "description": "test space",
+        "kind": "search",
+        "budget": {"num_samples": 4, "max_epochs": 10, "grace_period": 2,
+                   "reduction_factor": 2, "metric": "val_rmse", "mode": "min",
+                   "max_concurrent": 1},
+        "resources": {"cpus_per_trial": 1, "gpus_per_trial": 0},
+        "base": {"patience": 3},
+        "parameters": {
+            "use_contrastive": {"type": "choice", "choices": [True, False]},
+            "contrastive_weight": {"type": "loguniform", "low": "1e-3", "high": 1.0,
+                                   "condition": {"field": "use_contrastive",
+                                                 "equals": True}},
+            "lr": {"type": "loguniform", "low": 1e-5, "high": 1e-3},
+            "patch": {"type": "choice", "fields": ["patch_length", "stride"],
+                      "choices": [[6, 3], [4, 2]]},
+        },
+    }
+
+
+def _ablation_doc() -> dict[str, Any]:
+    return {
+        "description": "test ablation",
+        "kind": "ablation",
+        "ablation": {"arms": ["E1", "E4"], "seeds": [0, 1]},
+        "budget": {"max_epochs": 5, "grace_period": 5, "metric": "val_rmse", "mode": "min"},
+    }
+
+
+def _write(tmp_path: Path, doc: dict[str, Any], name: str = "space.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def test_the_valid_test_documents_load(tmp_path: Path) -> None:
+    space = load_space(str(_write(tmp_path, _search_doc())))
+    assert space.parameters[1].low == 1e-3
+    assert len(load_space(str(_write(tmp_path, _ablation_doc(), "a.yaml"))).ablation_grid()) == 4
+
+
+def _set(doc: dict, dotted: str, value: Any) -> None:
+    *parents, last = dotted.split(".")
+    for key in parents:
+        doc = doc[key]
+    if value is _DELETE:
+        del doc[last]
+    else:
+        doc[last] = value
+
+
+_DELETE = object()
+P = "parameters"
+
+INVALID_SEARCH = [
+    # (id, edits, key that must be named, other text the message must contain)
+    ("unknown-param", {f"{P}.contrastive_wieght": {"type": "uniform", "low": 0, "high": 1}},
+     "parameters.contrastive_wieght", "did you mean 'contrastive_weight'"),
+    ("low>high", {f"{P}.lr.low": 1e-2}, "parameters.lr.low", "greater than high"),
+    ("loguniform-low<=0", {f"{P}.lr.low": 0.0}, "parameters.lr.low", "low > 0"),
+    ("empty-choices", {f"{P}.use_contrastive.choices": []},
+     "parameters.use_contrastive.choices", "non-empty"),
+    ("unknown-type", {f"{P}.lr.type": "lognormal"}, "parameters.lr.type", "unknown type"),
+    ("missing-type", {f"{P}.lr.type": _DELETE}, "parameters.lr.type", "missing"),
+    ("missing-low", {f"{P}.lr.low": _DELETE}, "parameters.lr.low", "missing"),
+    ("param-key-typo", {f"{P}.lr.hihg": 1}, "parameters.lr.hihg", "did you mean 'high'"),
+    ("step-on-float", {f"{P}.lr.step": 1}, "parameters.lr.step", "not a key"),
+    ("cond-unknown-field", {f"{P}.lr.condition": {"field": "use_contrast", "equals": True}},
+     "parameters.lr.condition.field", "did you mean 'use_contrastive'"),
+    ("cond-later-param", {f"{P}.use_contrastive.condition": {"field": "lr", "equals": 1}},
+     "parameters.use_contrastive.condition.field", "set by a later parameter"),
+    ("cond-never-sampled", {f"{P}.contrastive_weight.condition":
+                            {"field": "use_contrastive", "in": [False]},
+                            f"{P}.use_contrastive.choices": [True]},
+     "parameters.contrastive_weight.condition.in", "never sampled"),
+    ("cond-not-in-space", {f"{P}.lr.condition": {"field": "freeze_text", "equals": True}},
+     "parameters.lr.condition.field", "not set by an earlier parameter or by base"),
+    ("cond-unsampled-value",
+     {f"{P}.contrastive_weight.condition": {"field": "use_contrastive", "equals": "yes"}},
+     "parameters.contrastive_weight.condition.equals", "true or false"),
+    ("cond-both", {f"{P}.contrastive_weight.condition":
+                   {"field": "use_contrastive", "equals": True, "in": [True]}},
+     "parameters.contrastive_weight.condition", "exactly one"),
+    ("cond-never-in-base", {"base.use_vision": True, f"{P}.lr.condition":
+                            {"field": "use_vision", "equals": False}},
+     "parameters.lr.condition", "never holds"),
+    ("missing-kind", {"kind": _DELETE}, "kind", "missing required key"),
+    ("missing-budget-key", {"budget.num_samples": _DELETE}, "budget.num_samples", "missing"),
+    ("unknown-top-key", {"paramters": {}}, "paramters", "did you mean 'parameters'"),
+    ("unknown-budget-key", {"budget.max_epoch": 3}, "budget.max_epoch",
+     "did you mean 'max_epochs'"),
+    ("wrong-type-choice", {f"{P}.batch_size":
+                           {"type": "choice", "choices": [16, "big"]}},
+     "parameters.batch_size.choices[1]", "integer"),
+    ("wrong-type-bool", {f"{P}.use_contrastive.choices": ["yes", "no"]},
+     "parameters.use_contrastive.choices[0]", "true or false"),
+    ("uniform-on-int", {f"{P}.d_model": {"type": "uniform", "low": 32, "high": 64}},
+     "parameters.d_model.type", "use type int"),
+    ("out-of-range-for-field", {f"{P}.dropout": {"type": "uniform", "low": 0.0, "high": 1.0}},
+     "parameters.dropout.high", "dropout must be in [0, 1)"),
+    ("base-wrong-type", {"base.patience": "soon"}, "base.patience", "integer"),
+    ("base-unknown", {"base.patiense": 3}, "base.patiense", "did you mean 'patience'"),
+    ("epochs-reserved", {"base.epochs": 3}, "base.epochs", "budget.max_epochs"),
+    ("base-and-param", {"base.lr": 1e-4}, "parameters.lr", "also fixed in base"),
+    ("pair-unknown-field", {f"{P}.patch.fields": ["patch_length", "strid"]},
+     "parameters.patch.fields", "did you mean 'stride'"),
+    ("pair-length", {f"{P}.patch.choices": [[6, 3], [4]]}, "parameters.patch.choices[1]",
+     "2 values"),
+    ("pair-invalid-combo", {f"{P}.patch.choices": [[6, 3], [3, 6]]},
+     "parameters.patch.choices[1]", "stride (6) must be <= patch_length (3)"),
+    ("pair-named-as-field", {f"{P}.stride": {"type": "choice", "fields":
+                                             ["patch_length", "d_model"],
+                                             "choices": [[6, 64]]}},
+     "parameters.stride", "not a TrainConfig field"),
+    ("pair-name-slash", {f"{P}.patch": _DELETE, f"{P}.patch/stride":
+                         {"type": "choice", "fields": ["patch_length", "stride"],
+                          "choices": [[6, 3]]}},
+     "parameters.patch/stride", "plain identifier"),
+    ("grace>max", {"budget.grace_period": 20}, "budget.grace_period",
+     "must be <= max_epochs (10)"),
+    ("reduction<=1", {"budget.reduction_factor": 1}, "budget.reduction_factor", "> 1"),
+    ("num-samples-0", {"budget.num_samples": 0}, "budget.num_samples", ">= 1"),
+    ("bad-metric", {"budget.metric": "rmse"}, "budget.metric", "val_rmse"),
+    ("mode-mismatch", {"budget.metric": "val_r2"}, "budget.mode", "use mode: max"),
+    ("max-concurrent-0", {"budget.max_concurrent": 0}, "budget.max_concurrent", ">= 1"),
+    ("gpus-fraction>1", {"resources.gpus_per_trial": 1.5}, "resources.gpus_per_trial",
+     "whole number"),
+    ("cpus-0", {"resources.cpus_per_trial": 0}, "resources.cpus_per_trial", "> 0"),
+    ("bad-kind", {"kind": "grid"}, "kind", "'search' or 'ablation'"),
+    ("no-parameters", {P: _DELETE}, "parameters", "missing"),
+]
+
+
+@pytest.mark.parametrize("edits,key,text", [c[1:] for c in INVALID_SEARCH],
+                         ids=[c[0] for c in INVALID_SEARCH])
+def test_invalid_search_space(tmp_path: Path, edits: dict, key: str, text: str) -> None:
+    doc = copy.deepcopy(_search_doc())
+    for dotted, value in edits.items():
+        _set(doc, dotted, value)
+    path = _write(tmp_path, doc)
+    with pytest.raises(ConfigError) as info:
+        load_space(str(path))
+    msg = str(info.value)
+    assert "\n" not in msg
+    assert msg.startswith(f"{path}: "), msg
+    assert f": {key}" in msg, msg
+    assert text in msg, msg
+
+
+INVALID_ABLATION = [
+    ("unknown-arm", {"ablation.arms": ["E1", "E9"]}, "ablation.arms", "unknown arm 'E9'"),
+    ("duplicate-arm", {"ablation.arms": ["E1", "e1"]}, "ablation.arms", "listed twice"),
+    ("missing-seeds", {"ablation.seeds": _DELETE}, "ablation.seeds", "missing"),
+    ("bad-seeds", {"ablation.seeds": [0, "a"]}, "ablation.seeds", "integers"),
+    ("pruning", {"budget.grace_period": 2}, "budget.grace_period", "no pruning"),
+    ("num-samples", {"budget.num_samples": 3}, "budget.num_samples", "arms x seeds = 4"),
+    ("parameters", {P: {"lr": {"type": "fixed", "value": 1e-3}}}, "parameters",
+     "not allowed"),
+    ("switch-in-base", {"base": {"use_vision": False}}, "base.use_vision", "ablation arms"),
+]
+
+
+@pytest.mark.parametrize("edits,key,text", [c[1:] for c in INVALID_ABLATION],
+                         ids=[c[0] for c in INVALID_ABLATION])
+def test_invalid_ablation_space(tmp_path: Path, edits: dict, key: str, text: str) -> None:
+    doc = copy.deepcopy(_ablation_doc())
+    for dotted, value in edits.items():
+        _set(doc, dotted, value)
+    path = _write(tmp_path, doc)
+    with pytest.raises(ConfigError) as info:
+        load_space(str(path))
+    msg = str(info.value)
+    assert "\n" not in msg and msg.startswith(f"{path}: ")
+    assert f": {key}" in msg and text in msg, msg
+
+
+def test_invalid_yaml_and_non_mapping(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("kind: search\nbudget: [1, 2\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: not valid YAML at line \d+"):
+        load_space(str(bad))
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match=r"list\.yaml: expected a mapping"):
+        load_space(str(listy))
+
+
+def test_every_sampled_float_is_finite_and_log_spread() -> None:
+    """loguniform really samples on a log scale: several decades show up in 60 trials."""
+    space = load_space("full")
+    weights = [p["contrastive_weight"] for p, _ in _run_asks(space, 60, seed=3)
+               if "contrastive_weight" in p]
+    assert weights and all(math.isfinite(w) for w in weights)
+    decades = {math.floor(math.log10(w)) for w in weights}
+    assert len(decades) >= 2
