@@ -33,3 +33,6 @@ class NonFiniteLossError(RuntimeError):
             f"non-finite loss ({value}) at epoch {epoch}, step {step}: lower the learning rate "
             "or the contrastive weight, or raise the temperature"
         )
+
+    def __reduce__(self):  # so Ray (and pickle/copy) can move the error between processes
+        return (type(self), (self.epoch, self.step, self.value))

@@ -1,0 +1,169 @@
+"""`python -m timesclip train|evaluate`: one training run, or scoring a saved model.
+
+Exit codes: 0 success, 2 bad input or configuration (one line on stderr), 1 internal failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from timesclip.cli_args import (
+    add_ablation_flags,
+    add_config_flags,
+    add_data_flags,
+    config_from_args,
+)
+from timesclip.errors import NonFiniteLossError, UserError
+
+
+def _print(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m timesclip",
+        description="Train or evaluate the TimesCLIP crop-yield model (one run, no Ray).")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = sub.add_parser(
+        "train", help="train one configuration",
+        description="Train one TimesCLIP configuration and write config.yaml, metrics.json, "
+                    "the best checkpoint (best.pt) and TensorBoard events (tb/) into --out.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    train.add_argument("--config", metavar="YAML",
+                       help="a TrainConfig YAML (e.g. an exported best_config.yaml); flags "
+                            "override it, its provenance: block is ignored")
+    train.add_argument("--out", metavar="DIR",
+                       help="output directory, must not exist or be empty "
+                            "(default: runs/train-<time>)")
+    add_data_flags(train)
+    add_ablation_flags(train)
+    add_config_flags(train)
+
+    ev = sub.add_parser(
+        "evaluate", help="score a saved model",
+        description="Score a checkpoint written by `train` on CSV data (or the synthetic "
+                    "data set). Inputs are scaled with the TRAINING statistics stored in the "
+                    "checkpoint; metrics are in the target's own units.")
+    ev.add_argument("--checkpoint", required=True, metavar="PATH",
+                    help="a training --out directory or its best.pt")
+    ev.add_argument("--data", nargs="+", metavar="CSV",
+                    help="CSV file(s); omitted: the synthetic data set")
+    ev.add_argument("--subset", choices=("all", "train", "val", "test"),
+                    help="rows to score: 'all' rows of the files (default with --data), or one "
+                         "part of the checkpoint's own split (default without --data: test)")
+    ev.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    ev.add_argument("--json", metavar="FILE", help="also write the metrics to FILE")
+    return parser
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from timesclip.data import load_bundle
+    from timesclip.model import check_backbone
+    from timesclip.train import fit, resolve_device
+
+    config = config_from_args(args)
+    out = Path(args.out or f"runs/train-{time.strftime('%Y%m%d-%H%M%S')}")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"output directory {out} already exists and is not empty; "
+                        "choose another --out or remove it")
+    check_backbone(config.backbone)
+    data = load_bundle(config, args.data)  # all input checks happen before anything is written
+    ablation = config.ablation_id or "custom"
+    _print(f"data: {data.description}; split {data.split}: train {len(data.train)}, "
+           f"val {len(data.val)}, test {len(data.test)}; bands {','.join(data.bands)}; "
+           f"first {config.input_steps} steps")
+    _print(f"model: ablation {ablation}, backbone {config.backbone}"
+           f"{' (random toy weights)' if config.backbone == 'tiny' else ''}, "
+           f"device {resolve_device(config.device)}, up to {config.epochs} epochs")
+
+    # Work in a sibling temp dir and rename at the end: a failed run leaves no half output.
+    work = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    try:
+        config.to_yaml(work / "config.yaml")
+        result = fit(config, data, checkpoint_dir=work, tb_dir=work / "tb", log=_print)
+        (work / "last.pt").unlink(missing_ok=True)  # resumable state is not needed after success
+        metrics = result.metrics_json()
+        metrics.update(ablation=config.ablation_id, data=data.description,
+                       data_fingerprint=data.fingerprint, synthetic=data.synthetic)
+        (work / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        if out.exists():
+            out.rmdir()
+        work.rename(out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    v, t = result.val, result.test or {}
+    _print(f"done in {result.train_seconds:.1f}s ({result.epochs_run} epochs, best epoch "
+           f"{result.best_epoch}); params total {result.params['total']:,}, trainable "
+           f"{result.params['trainable']:,}, frozen {result.params['frozen']:,}")
+    _print(f"val  RMSE {v['rmse']:.3f}  MAE {v['mae']:.3f}  R2 {v['r2']:+.3f}  "
+           f"MAPE {v['mape']:.1f}%")
+    if t:
+        _print(f"test RMSE {t['rmse']:.3f}  MAE {t['mae']:.3f}  R2 {t['r2']:+.3f}  "
+               f"MAPE {t['mape']:.1f}%   [backbone {config.backbone}; {data.description}]")
+    _print(f"wrote {out}/config.yaml, metrics.json, best.pt, tb/")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from timesclip.data import load_bundle, load_csvs
+    from timesclip.train import evaluate_arrays, load_for_inference
+
+    model, config, scaler, bands, backbone = load_for_inference(args.checkpoint, args.device)
+    subset = args.subset or ("all" if args.data else "test")
+    if subset == "all":
+        if args.data:
+            table = load_csvs(args.data, bands=bands, min_steps=config.input_steps)
+            x_raw, y_raw, source = table.x[:, :config.input_steps], table.y, ", ".join(args.data)
+        else:
+            bundle = load_bundle(config, None)
+            parts = (bundle.train, bundle.val, bundle.test)
+            import numpy as np
+
+            x_raw = np.concatenate([p.x_raw for p in parts])
+            y_raw = np.concatenate([p.y_raw for p in parts])
+            source = bundle.description
+    else:
+        bundle = load_bundle(config, args.data)
+        part = getattr(bundle, subset)
+        x_raw, y_raw, source = part.x_raw, part.y_raw, bundle.description
+    metrics = evaluate_arrays(model, config, scaler, backbone, x_raw, y_raw)
+    result = {"subset": subset, "n": int(len(y_raw)), "data": source,
+              "backbone": config.backbone, **metrics}
+    text = json.dumps(result, indent=2)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
+    _print(text)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "train":
+            return cmd_train(args)
+        return cmd_evaluate(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as exc:
+        print(f"error: training stopped: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,438 @@
+"""fit(): the TimesCLIP training loop.
+
+One call trains one configuration on one DataBundle. It reports every epoch through a
+callback (the tuner turns that into `tune.report`), writes resumable checkpoints, and
+returns validation/test metrics in the target's own units.
+
+The frozen vision features are a pure function of (data, render settings, backbone), so
+they are computed once before the loop (or handed in by the caller, who may share them
+between many runs) and never inside the training step.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from timesclip.config import TrainConfig
+from timesclip.data import DataBundle, Scaler
+from timesclip.errors import ConfigError, NonFiniteLossError
+from timesclip.metrics import regression_metrics
+from timesclip.model import (
+    Backbone,
+    TimesCLIP,
+    compute_vision_features,
+    count_parameters,
+    load_backbone,
+)
+
+#: report(epoch, metrics, checkpoint_dir_or_None) — called after each epoch's checkpoint is on disk.
+ReportFn = Callable[[int, dict[str, float], "str | None"], None]
+SPLITS = ("train", "val", "test")
+LAST, BEST = "last.pt", "best.pt"
+#: Metric names of the per-epoch report (CONTRACT).
+EPOCH_METRICS = ("epoch", "train_loss", "train_regression_loss", "train_contrastive_loss",
+                 "val_loss", "val_rmse", "val_mae", "val_r2", "val_mape", "lr")
+_TB_TAGS = {"train_loss": "Loss/train", "train_regression_loss": "Loss/train_regression",
+            "train_contrastive_loss": "Loss/train_contrastive", "val_loss": "Loss/val",
+            "val_rmse": "Metrics/RMSE", "val_r2": "Metrics/R2", "val_mae": "Metrics/MAE",
+            "val_mape": "Metrics/MAPE", "lr": "LR"}
+
+
+@dataclass
+class FitResult:
+    """What one training run produced. Metrics are in the target's own units."""
+
+    best_epoch: int
+    epochs_run: int
+    best_val_loss: float
+    val: dict[str, float]
+    test: dict[str, float] | None
+    params: dict[str, int]
+    train_seconds: float
+    backbone: str
+    checkpoint_path: str | None
+    stopped_early: bool
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def metrics_json(self) -> dict[str, Any]:
+        """The nested metrics.json layout of the training CLI (CONTRACT keys)."""
+        return {"val": self.val, "test": self.test, "params": self.params,
+                "train_seconds": self.train_seconds, "backbone": self.backbone,
+                "epochs_run": self.epochs_run, "best_epoch": self.best_epoch,
+                "stopped_early": self.stopped_early}
+
+
+# ---------------------------------------------------------------------------- helpers
+def resolve_device(name: str) -> torch.device:
+    """'auto' picks CUDA when present; asking for CUDA on a machine without it is a user error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} requested but CUDA is not available; use --device cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def feature_key(config: TrainConfig, data: DataBundle) -> str:
+    """Identifies a set of frozen vision features: same key, same features."""
+    return (f"{data.fingerprint}|{config.backbone}|{config.image_size}|{config.line_width}"
+            f"|{config.input_steps}")
+
+
+def compute_features(config: TrainConfig, data: DataBundle, backbone: Backbone | None = None,
+                     *, device: torch.device | None = None,
+                     log: Callable[[str], None] | None = None) -> dict[str, torch.Tensor] | None:
+    """Frozen CLIP-vision features for every split: {"train"|"val"|"test": [N, V, Hv]}.
+
+    None when the configuration has no vision branch. Run once per data set and share.
+    """
+    if not config.use_vision:
+        return None
+    if backbone is None or backbone.vision is None:
+        backbone = load_backbone(config.backbone, need_vision=True)
+    assert backbone.vision is not None
+    device = device or resolve_device(config.device)
+    image_size = config.image_size or backbone.image_size
+    start = time.perf_counter()
+    backbone.vision.to(device)
+    feats = {
+        split: compute_vision_features(getattr(data, split).x_raw, backbone.vision,
+                                       image_size=image_size, line_width=config.line_width,
+                                       device=device)
+        for split in SPLITS
+    }
+    backbone.vision.to("cpu")
+    if log:
+        n = sum(len(getattr(data, s)) for s in SPLITS)
+        log(f"vision features: {n} samples x {len(data.bands)} bands rendered at {image_size}px "
+            f"and encoded once in {time.perf_counter() - start:.1f}s")
+    return feats
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """state_dict without frozen parameters: they are a function of the backbone id,
+    so checkpoints stay small even with a frozen ViT-B text tower inside."""
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    return {k: v.detach().clone().cpu() for k, v in model.state_dict().items() if k not in frozen}
+
+
+def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    bad = [k for k in missing if k not in frozen]
+    if bad or unexpected:
+        raise RuntimeError(f"checkpoint does not match the model: missing {bad[:3]}, "
+                           f"unexpected {list(unexpected)[:3]}")
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(),
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+
+
+def build_optimizer(model: TimesCLIP, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW with a separate, smaller learning rate for unfrozen pretrained CLIP-Text weights."""
+    groups = [{"params": model.other_trainable_parameters(), "lr": config.lr, "name": "model"}]
+    pretrained = model.pretrained_trainable_parameters()
+    if pretrained:
+        groups.append({"params": pretrained, "lr": config.backbone_lr, "name": "backbone"})
+    return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig):
+    if config.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=config.plateau_factor, patience=config.plateau_patience)
+
+
+@torch.no_grad()
+def predict(model: TimesCLIP, x: torch.Tensor, feats: torch.Tensor | None,
+            batch_size: int) -> tuple[np.ndarray, float]:
+    """Scaled predictions [N] and the mean contrastive loss over the batches."""
+    model.eval()
+    preds, closs = [], []
+    for i in range(0, len(x), batch_size):
+        out = model(x[i:i + batch_size], None if feats is None else feats[i:i + batch_size])
+        preds.append(out.y_pred.float().cpu())
+        closs.append(float(out.contrastive_loss))
+    return torch.cat(preds).numpy(), float(np.mean(closs)) if closs else 0.0
+
+
+def score(y_pred_scaled: np.ndarray, y_raw: np.ndarray, scaler: Scaler) -> dict[str, float]:
+    return regression_metrics(y_raw, scaler.inverse_y(y_pred_scaled))
+
+
+# ---------------------------------------------------------------------------- fit
+def fit(config: TrainConfig, data: DataBundle, *, report: ReportFn | None = None,
+        checkpoint_dir: str | Path | None = None, resume_from: str | Path | None = None,
+        vision_features: dict[str, torch.Tensor] | None = None, evaluate_test: bool = True,
+        tb_dir: str | Path | None = None, backbone: Backbone | None = None,
+        log: Callable[[str], None] | None = None) -> FitResult:
+    """Train `config` on `data`; see the module docstring.
+
+    checkpoint_dir: where `last.pt` (full resumable state) and `best.pt` (best weights +
+    what `evaluate` needs) are written each epoch. resume_from: a directory holding a
+    `last.pt` (or the file itself); training continues as if it had never stopped.
+    """
+    if data.input_steps != config.input_steps:
+        raise ConfigError(f"data window has {data.input_steps} steps but input_steps is "
+                          f"{config.input_steps}; load the data with the same config")
+    seed_everything(config.seed)
+    device = resolve_device(config.device)
+    if backbone is None:
+        # The vision tower is loaded even when features are handed in: its parameter count
+        # belongs in every report, and it stays on the CPU unless features are computed here.
+        backbone = load_backbone(config.backbone, need_vision=config.use_vision)
+    if config.use_vision and vision_features is None:
+        vision_features = compute_features(config, data, backbone, device=device, log=log)
+    # torch RNG is reseeded after backbone/feature work so model init depends on the seed only
+    seed_everything(config.seed)
+    model = TimesCLIP(config, n_variates=len(data.bands), backbone=backbone).to(device)
+    params = count_parameters(model)
+    if config.use_vision and backbone.vision is not None:
+        vis = sum(p.numel() for p in backbone.vision.parameters())
+        params = {"total": params["total"] + vis, "trainable": params["trainable"],
+                  "frozen": params["frozen"] + vis}
+
+    tensors = {s: (torch.as_tensor(getattr(data, s).x, device=device),
+                   torch.as_tensor(getattr(data, s).y, device=device),
+                   None if vision_features is None else vision_features[s].to(device))
+               for s in SPLITS}
+    optimizer = build_optimizer(model, config)
+    scheduler = build_scheduler(optimizer, config)
+
+    start_epoch, best_val, best_epoch, bad_epochs = 0, math.inf, 0, 0
+    best_state = trainable_state(model)
+    history: list[dict[str, float]] = []
+    elapsed_before = 0.0
+    if resume_from is not None:
+        ck = _load_checkpoint(resume_from)
+        load_trainable_state(model, ck["model"])
+        optimizer.load_state_dict(ck["optimizer"])
+        scheduler.load_state_dict(ck["scheduler"])
+        start_epoch, best_val = ck["epoch"], ck["best_val_loss"]
+        best_epoch, bad_epochs = ck["best_epoch"], ck["bad_epochs"]
+        best_state, history = ck["best_state"], ck["history"]
+        elapsed_before = ck.get("train_seconds", 0.0)
+        _set_rng_state(ck["rng"])
+        if log:
+            log(f"resumed from epoch {start_epoch} (best val_loss {best_val:.4f} "
+                f"at epoch {best_epoch})")
+
+    ckdir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    if ckdir is not None:
+        ckdir.mkdir(parents=True, exist_ok=True)
+    writer = _summary_writer(tb_dir)
+    stopped_early = False
+    epoch = start_epoch
+    loop_start = time.perf_counter()
+    try:
+        for epoch in range(start_epoch + 1, config.epochs + 1):
+            train_m = _train_epoch(model, optimizer, tensors["train"], config, epoch)
+            val_x, _, val_feats = tensors["val"]
+            val_pred, val_closs = predict(model, val_x, val_feats, batch_size=256)
+            val_reg = float(np.mean((val_pred - data.val.y) ** 2))
+            val_loss = val_reg + (config.contrastive_weight * val_closs
+                                  if config.use_contrastive else 0.0)
+            if not math.isfinite(val_loss):
+                raise NonFiniteLossError(epoch, -1, val_loss)
+            val_m = score(val_pred, data.val.y_raw, scaler=data.scaler)
+            lr = optimizer.param_groups[0]["lr"]
+            if config.scheduler == "cosine":
+                scheduler.step()
+            else:
+                scheduler.step(val_loss)
+            metrics = {"epoch": epoch, **train_m, "val_loss": val_loss,
+                       **{f"val_{k}": v for k, v in val_m.items()}, "lr": lr}
+            history.append(metrics)
+            improved = val_loss < best_val
+            if improved:
+                best_val, best_epoch, bad_epochs = val_loss, epoch, 0
+                best_state = trainable_state(model)
+            else:
+                bad_epochs += 1
+            if writer is not None:
+                for key, tag in _TB_TAGS.items():
+                    writer.add_scalar(tag, metrics[key], epoch)
+                if config.use_contrastive:
+                    writer.add_scalar("Temperature", float(model.contrastive.temperature), epoch)
+                writer.flush()
+            seconds = elapsed_before + time.perf_counter() - loop_start
+            if ckdir is not None:
+                _save_checkpoints(ckdir, model, optimizer, scheduler, config, data, epoch,
+                                  best_val, best_epoch, bad_epochs, best_state, history,
+                                  seconds, improved)
+            if log:
+                log(_epoch_line(metrics, config.epochs, improved))
+            if report is not None:
+                report(epoch, dict(metrics), str(ckdir) if ckdir is not None else None)
+            if bad_epochs >= config.patience:
+                stopped_early = True
+                if log:
+                    log(f"early stopping: val_loss has not improved for {config.patience} "
+                        f"epochs (best at epoch {best_epoch})")
+                break
+    finally:
+        if writer is not None:
+            writer.close()
+    train_seconds = elapsed_before + time.perf_counter() - loop_start
+
+    load_trainable_state(model, best_state)
+    val_pred, _ = predict(model, tensors["val"][0], tensors["val"][2], batch_size=256)
+    val_final = score(val_pred, data.val.y_raw, data.scaler)
+    test_final = None
+    if evaluate_test:
+        test_pred, _ = predict(model, tensors["test"][0], tensors["test"][2], batch_size=256)
+        test_final = score(test_pred, data.test.y_raw, data.scaler)
+    return FitResult(best_epoch=best_epoch, epochs_run=epoch, best_val_loss=best_val,
+                     val=val_final, test=test_final, params=params,
+                     train_seconds=round(train_seconds, 3), backbone=config.backbone,
+                     checkpoint_path=str(ckdir / BEST) if ckdir is not None else None,
+                     stopped_early=stopped_early, history=history)
+
+
+def _train_epoch(model: TimesCLIP, optimizer: torch.optim.Optimizer,
+                 split: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None],
+                 config: TrainConfig, epoch: int) -> dict[str, float]:
+    x, y, feats = split
+    model.train()
+    # Shuffling order depends on (seed, epoch) only, so a resumed run sees the same batches.
+    gen = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+    order = torch.randperm(len(x), generator=gen).to(x.device)
+    sums = {"train_loss": 0.0, "train_regression_loss": 0.0, "train_contrastive_loss": 0.0}
+    trainable = [p for g in optimizer.param_groups for p in g["params"]]
+    for step, i in enumerate(range(0, len(x), config.batch_size)):
+        idx = order[i:i + config.batch_size]
+        out = model(x[idx], None if feats is None else feats[idx])
+        reg = nn.functional.mse_loss(out.y_pred, y[idx])
+        closs = out.contrastive_loss
+        loss = reg + config.contrastive_weight * closs if config.use_contrastive else reg
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(epoch, step, float(loss.detach()))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip > 0:
+            nn.utils.clip_grad_norm_(trainable, config.grad_clip)
+        optimizer.step()
+        n = len(idx)
+        sums["train_loss"] += float(loss.detach()) * n
+        sums["train_regression_loss"] += float(reg.detach()) * n
+        sums["train_contrastive_loss"] += float(closs.detach()) * n
+    return {k: v / len(x) for k, v in sums.items()}
+
+
+def _epoch_line(m: dict[str, float], epochs: int, improved: bool) -> str:
+    return (f"epoch {int(m['epoch']):3d}/{epochs}  train {m['train_loss']:.4f} "
+            f"(reg {m['train_regression_loss']:.4f}, con {m['train_contrastive_loss']:.4f})  "
+            f"val {m['val_loss']:.4f}  RMSE {m['val_rmse']:.3f}  R2 {m['val_r2']:+.3f}  "
+            f"lr {m['lr']:.2e}{'  *' if improved else ''}")
+
+
+def _summary_writer(tb_dir: str | Path | None):
+    if tb_dir is None:
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(log_dir=str(tb_dir))
+
+
+def _save_checkpoints(ckdir: Path, model: TimesCLIP, optimizer, scheduler, config: TrainConfig,
+                      data: DataBundle, epoch: int, best_val: float, best_epoch: int,
+                      bad_epochs: int, best_state: dict, history: list, seconds: float,
+                      improved: bool) -> None:
+    meta = {"config": config.to_dict(), "scaler": data.scaler.to_dict(), "bands": data.bands,
+            "data_fingerprint": data.fingerprint, "backbone": config.backbone}
+    _atomic_save({**meta, "model": trainable_state(model), "optimizer": optimizer.state_dict(),
+                  "scheduler": scheduler.state_dict(), "epoch": epoch,
+                  "best_val_loss": best_val, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
+                  "best_state": best_state, "history": history, "train_seconds": seconds,
+                  "rng": _rng_state()}, ckdir / LAST)
+    if improved or not (ckdir / BEST).exists():
+        _atomic_save({**meta, "model": best_state, "epoch": best_epoch,
+                      "val_loss": best_val}, ckdir / BEST)
+
+
+def _load_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if path.is_dir():
+        path = path / LAST
+    if not path.exists():
+        raise ConfigError(f"no checkpoint at {path}: pass the directory that holds {LAST}")
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+# ---------------------------------------------------------------------------- evaluation
+def load_for_inference(checkpoint: str | Path, device: str = "auto"
+                       ) -> tuple[TimesCLIP, TrainConfig, Scaler, list[str], Backbone]:
+    """Rebuild a trained model from `best.pt` (or a directory holding it)."""
+    path = Path(checkpoint)
+    if path.is_dir():
+        path = path / BEST
+    if not path.exists():
+        raise ConfigError(f"no checkpoint at {path}: pass a training --out directory or its "
+                          f"{BEST}")
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+        config = TrainConfig.from_dict(ck["config"], source=str(path))
+        scaler, bands = Scaler.from_dict(ck["scaler"]), list(ck["bands"])
+    except (KeyError, RuntimeError, EOFError, TypeError) as exc:
+        raise ConfigError(f"{path} is not a timesclip checkpoint ({type(exc).__name__})") from None
+    config = config.replace(device=device) if device != "auto" else config
+    backbone = load_backbone(config.backbone, need_vision=config.use_vision)
+    torch.manual_seed(config.seed)
+    model = TimesCLIP(config, n_variates=len(bands), backbone=backbone)
+    load_trainable_state(model, ck["model"])
+    return model.to(resolve_device(config.device)), config, scaler, bands, backbone
+
+
+def evaluate_arrays(model: TimesCLIP, config: TrainConfig, scaler: Scaler, backbone: Backbone,
+                    x_raw: np.ndarray, y_raw: np.ndarray) -> dict[str, float]:
+    """Score a trained model on raw windows [N, T, V] with the TRAINING scaler."""
+    device = next(model.parameters()).device
+    feats = None
+    if config.use_vision:
+        assert backbone.vision is not None
+        feats = compute_vision_features(x_raw, backbone.vision,
+                                        image_size=config.image_size or backbone.image_size,
+                                        line_width=config.line_width, device=device)
+        feats = feats.to(device)
+    x = torch.as_tensor(scaler.transform_x(x_raw), device=device)
+    pred, _ = predict(model, x, feats, batch_size=256)
+    return score(pred, y_raw, scaler)
+
+
+__all__ = ["EPOCH_METRICS", "FitResult", "compute_features", "evaluate_arrays", "feature_key",
+           "fit", "load_for_inference", "predict", "resolve_device"]
