@@ -227,8 +227,9 @@ def fit(config: TrainConfig, data: DataBundle, *, report: ReportFn | None = None
         params = {"total": params["total"] + vis, "trainable": params["trainable"],
                   "frozen": params["frozen"] + vis}
 
-    tensors = {s: (torch.as_tensor(getattr(data, s).x, device=device),
-                   torch.as_tensor(getattr(data, s).y, device=device),
+    # torch.tensor copies: arrays shared through Ray's object store are read-only
+    tensors = {s: (torch.tensor(getattr(data, s).x, device=device),
+                   torch.tensor(getattr(data, s).y, device=device),
                    None if vision_features is None else vision_features[s].to(device))
                for s in SPLITS}
     optimizer = build_optimizer(model, config)

@@ -263,7 +263,9 @@ def _init_ray(args: argparse.Namespace) -> None:
     import ray
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "0")
+    # Checkpointing every epoch is intended (resume + ASHA); silence the "snapshotting too
+    # often" advice it triggers on short CPU epochs.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if args.address:
         try:
             ray.init(address=args.address, log_to_driver=True)

@@ -10,6 +10,7 @@ from Ray's object store, so they are read and encoded once for the whole search.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import tempfile
 from pathlib import Path
@@ -44,6 +45,8 @@ def train_trial(trial_params: dict[str, Any], *, data: DataBundle,
                 features: dict[str, torch.Tensor] | None, setup: dict[str, Any]) -> None:
     """Ray Tune function trainable (wrapped with tune.with_parameters by tuner.search)."""
     config = resolve_trial_config(trial_params, setup)
+    # one "checkpoint created" INFO line per epoch per trial drowns the progress lines
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
     torch.set_num_threads(max(1, int(setup.get("cpus_per_trial", 1))))
     trial_dir = Path(tune.get_context().get_trial_dir())
     trial_dir.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,8 @@ def compute_vision_features(x_raw: np.ndarray | torch.Tensor, vision: CLIPVision
     run in eval mode on `device` and put back where (and in the mode) it was afterwards.
     `progress(done, total)` is called after every batch with sample counts.
     """
-    x = x_raw if isinstance(x_raw, torch.Tensor) else torch.from_numpy(np.asarray(x_raw))
+    # np.array copies: arrays from Ray's object store are read-only
+    x = x_raw if isinstance(x_raw, torch.Tensor) else torch.from_numpy(np.array(x_raw))
     if x.dim() != 3:
         raise ValueError(f"x_raw must have shape [N, T, V], got {tuple(x.shape)}")
     x = x.to(torch.float32)
