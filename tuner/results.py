@@ -614,7 +614,8 @@ def _rung_table(trials: pd.DataFrame, budget: dict[str, Any]) -> str:
 
 def write_summary(path: Path, meta: dict[str, Any], trials: pd.DataFrame,
                   best: dict[str, Any] | None, best_test: dict[str, Any] | None,
-                  notes: Sequence[str], ablation: pd.DataFrame | None) -> None:
+                  notes: Sequence[str], ablation: pd.DataFrame | None,
+                  references: list[Any] | None = None) -> None:
     """summary.md: what ran, on which backbone and data, how it ended, and what won."""
     kind = meta.get("kind", "search")
     metric, mode = meta.get("metric", "val_rmse"), meta.get("mode", "min")
@@ -690,6 +691,11 @@ def write_summary(path: Path, meta: dict[str, Any], trials: pd.DataFrame,
                 if str(best_test.get("trial_id")) != best["trial_id"]:
                     out.append(f"- note: best_test.json was evaluated for trial "
                                f"`{best_test.get('trial_id')}`, not for `{best['trial_id']}`")
+                for ref in references or []:
+                    meaning = _REFERENCE_MEANINGS.get(ref.name, ref.name)
+                    out.append(f"- {meaning} (same test split): "
+                               + ", ".join(f"{k.upper()} {fmt(ref.test.get(k))}"
+                                           for k in METRICS))
             else:
                 out.append("- no best_test.json: the test split was not evaluated (search "
                            "interrupted or still running)")
@@ -819,7 +825,7 @@ def build_report(experiment_dir: str | Path, *, data_bundle: Any | None = None,
     kind = meta.get("kind", "search")
     notes: list[str] = []
 
-    ablation = None
+    ablation, references = None, None
     if kind == "ablation":
         references, reason = reference_results(meta, data_bundle)
         if references is None:
@@ -829,6 +835,11 @@ def build_report(experiment_dir: str | Path, *, data_bundle: Any | None = None,
         notes.append("best_config.yaml not written: an ablation compares fixed arms, it is "
                      "not a search")
     else:
+        references = None
+        if best_test is not None:  # put the exported config's test score next to baselines
+            references, reason = reference_results(meta, data_bundle)
+            if references is None:
+                notes.append(f"reference baselines unavailable: {reason}")
         best = select_best(trials, by_id, meta)
         if best is None:
             notes.append(f"best_config.yaml not written: no trial without an error has "
@@ -849,7 +860,8 @@ def build_report(experiment_dir: str | Path, *, data_bundle: Any | None = None,
         if ablation is not None:
             ablation.to_csv(tmp_dir / "ablation.csv", index=False)
             write_ablation_md(tmp_dir / "ablation.md", meta, ablation)
-        write_summary(tmp_dir / "summary.md", meta, trials, best, best_test, notes, ablation)
+        write_summary(tmp_dir / "summary.md", meta, trials, best, best_test, notes, ablation,
+                      references if kind != "ablation" else None)
         _swap_in(tmp_dir, final_dir)
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
