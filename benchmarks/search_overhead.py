@@ -6,7 +6,9 @@ One run measures, side by side on the same machine:
 
 1. Ray start-up and shutdown in this process (``ray.init`` of a local instance with the
    dashboard, as `tuner.search` starts it, until ready; the first task round trip, which
-   starts a worker process; ``ray.shutdown``).
+   starts a worker process; ``ray.shutdown``), and the import of ``tuner.trainable``
+   (torch, transformers, Ray Tune) in a fresh interpreter: what each trial's new worker
+   process pays before its trial starts.
 2. A real search in a subprocess, ``python -m tuner.search --space SPACE --num-samples N
    --max-epochs E --grace-period E`` (grace = max_t: ASHA prunes nothing, so every trial
    trains the same number of epochs as its sequential twin below). Its output lines are
@@ -15,17 +17,22 @@ One run measures, side by side on the same machine:
    ``tuner.fit`` (the trials) and what follows it (test evaluation of the best trial, the
    report, Ray shutdown). Per trial, ``train_seconds`` from its final.json (time inside
    ``fit``'s epoch loop) is set against ``wall_seconds`` of trials.csv (Ray's time_total_s)
-   and against the start->end interval the driver saw (this one includes the trial actor's
-   start-up and the hand-over of the data set from the object store).
+   and against the start->end interval the driver's progress callback saw. Neither
+   includes the start of the trial's worker process (a new Python process that imports
+   torch, transformers and Ray Tune): that shows up as the wait before a trial's "start"
+   line, reported as the start latency and as the amortised per-trial overhead
+   (tuner.fit wall x concurrency - sum of training seconds) / N.
 3. The very same N configurations (read back from each trial's train_config.yaml), trained
    one after another in this process with ``timesclip.train.fit``, no Ray, sharing one
-   feature computation, with the same checkpoint and TensorBoard writes a trial does.
+   feature computation, with the same checkpoint and TensorBoard writes a trial does, and
+   by default the same torch thread count as a trial (cpus_per_trial). Each configuration
+   then does identical work in both, and the ratio search wall / sequential wall shows
+   what Ray's parallel trials gain minus what its process and scheduling overhead costs.
+   (--threads changes it; on a loaded 2-core machine 2 threads per fit ran 10-25x slower
+   than 1: OpenMP threads wait on each other when the cores are busy.)
 
-It prints a table of those numbers and the ratio search wall / sequential wall. With the
-space's default concurrency (quick: 2 single-CPU trials at a time) the search uses the
-same cores as the sequential runs (torch's default thread count), so the ratio says
-what Ray's scheduling costs or gains on this machine for trials this short. Numbers depend
-on the load from other processes: the load average is printed before and after.
+Numbers depend on the load from other processes: the load average is printed before and
+after.
 """
 
 from __future__ import annotations
@@ -77,6 +84,16 @@ def ray_startup(num_cpus: int | None) -> dict[str, float]:
     return out
 
 
+def trial_import_seconds() -> float:
+    """Wall time of `import tuner.trainable` (torch, transformers, Ray Tune) in a fresh
+    interpreter: what every new trial worker process pays before its trial starts."""
+    code = ("import time; t = time.perf_counter(); import tuner.trainable; "
+            "print(time.perf_counter() - t)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                         text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
 # --------------------------------------------------------------------------- 2. the search
 def run_search(args: argparse.Namespace, storage: Path) -> dict:
     """Run `python -m tuner.search` and time-stamp each output line on arrival."""
@@ -121,7 +138,17 @@ def run_search(args: argparse.Namespace, storage: Path) -> dict:
             (started if m.group(2) == "start" else ended)[m.group(3)] = float(m.group(1))
     return {"wall": wall, "before_ray": ray_at - ray_s, "ray_start": ray_s,
             "features": feat_s, "tuner_fit": fit_s, "after_fit": wall - done_at,
-            "driver_seen": {k: ended[k] - started[k] for k in started if k in ended}}
+            "driver_seen": {k: ended[k] - started[k] for k in started if k in ended},
+            "starts": sorted(started.values()), "ends": sorted(ended.values())}
+
+
+def start_latency(starts: list[float], ends: list[float], slots: int) -> tuple[float, float]:
+    """(first trial's start after tuner.fit began, mean wait of a later trial for its start
+    after the trial whose slot it takes ended); times from the progress callback's clock."""
+    first = starts[0] if starts else math.nan
+    waits = [starts[i] - ends[i - slots] for i in range(slots, len(starts))
+             if i - slots < len(ends)]
+    return first, (sum(waits) / len(waits) if waits else math.nan)
 
 
 def read_trials(storage: Path) -> pd.DataFrame:
@@ -139,13 +166,17 @@ def read_trials(storage: Path) -> pd.DataFrame:
 
 
 # --------------------------------------------------------------------------- 3. no Ray
-def run_sequential(config_paths: list[Path], work: Path) -> dict:
+def run_sequential(config_paths: list[Path], work: Path, threads: int) -> dict:
     """The same configurations, one after another in this process, features shared."""
+    t0 = time.perf_counter()
     import torch
 
     from timesclip.config import TrainConfig
     from timesclip.data import load_bundle
     from timesclip.train import compute_features, feature_key, fit
+
+    import_s = time.perf_counter() - t0
+    torch.set_num_threads(threads)
 
     configs = [TrainConfig.from_yaml(p) for p in config_paths]
     t0 = time.perf_counter()
@@ -163,7 +194,8 @@ def run_sequential(config_paths: list[Path], work: Path) -> dict:
                      tb_dir=work / f"seq{i}" / "tb", evaluate_test=False)
         fits.append(time.perf_counter() - t0)
         epochs.append(result.epochs_run)
-    return {"data": load_s, "features": feat_s, "fits": fits, "epochs": epochs,
+    return {"imports": import_s, "data": load_s, "features": feat_s, "fits": fits,
+            "epochs": epochs,
             "threads": torch.get_num_threads()}
 
 
@@ -182,6 +214,9 @@ def main() -> None:
                         help="search space (must set backbone tiny for a CPU run; quick does)")
     parser.add_argument("--max-concurrent", type=int,
                         help="trials at once (default: the space's, quick = 2)")
+    parser.add_argument("--threads", type=int,
+                        help="torch threads of the sequential fits (default: the search's "
+                             "cpus_per_trial, as each trial uses)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", metavar="DIR",
                         help="keep the experiment and search.log in DIR (default: a temporary "
@@ -199,12 +234,17 @@ def main() -> None:
     try:
         print("1/3 Ray start-up and shutdown (this process) ...", flush=True)
         ray_alone = ray_startup(num_cpus=None)
+        ray_alone["import tuner.trainable, fresh process"] = trial_import_seconds()
         print(f"2/3 search: {args.num_trials} trials x {args.epochs} epochs ...", flush=True)
         search = run_search(args, storage)
         trials = read_trials(storage)
+        meta = json.loads((storage / NAME / "search_meta.json").read_text())
+        per_trial_cpus = max(1, int(meta["resources"]["cpus_per_trial"]))
+        slots = int(meta["budget"]["max_concurrent"])
+        threads = args.threads or per_trial_cpus
         print(f"3/3 the same {len(trials)} configurations with timesclip.train.fit, "
               "no Ray ...", flush=True)
-        seq = run_sequential(list(trials["config_path"]), storage / "sequential")
+        seq = run_sequential(list(trials["config_path"]), storage / "sequential", threads)
     finally:
         if not args.keep:
             shutil.rmtree(storage, ignore_errors=True)
@@ -213,7 +253,7 @@ def main() -> None:
     ray_wall = trials["wall_seconds"].astype(float)
     seen = trials["trial_id"].map(search["driver_seen"]).astype(float)
     seq_fits = sum(seq["fits"])
-    seq_total = seq["data"] + seq["features"] + seq_fits
+    seq_total = seq["imports"] + seq["data"] + seq["features"] + seq_fits
 
     print()
     print(f"per trial (seconds){'':<14}epochs  train  Ray wall  driver-seen  overhead  "
@@ -222,10 +262,11 @@ def main() -> None:
         print(f"  {row['trial_id']:<30}{int(row['epochs_run']):>6}{row['train_seconds']:>7.1f}"
               f"{ray_wall[i]:>10.1f}{seen[i]:>13.1f}{seen[i] - row['train_seconds']:>10.1f}"
               f"{seq['fits'][i]:>16.1f}  (epochs {seq['epochs'][i]})")
-    print("  (overhead = driver-seen - train: actor start, data hand-over, final evaluation, "
-          "reporting)")
+    print("  (overhead = driver-seen - train: final evaluation, reporting, checkpoint "
+          "upload)")
     print()
-    print(f"search: {len(trials)} trials x {args.epochs} epochs, space {args.space}, no pruning")
+    print(f"search: {len(trials)} trials x {args.epochs} epochs, space {args.space}, no "
+          f"pruning, {slots} at a time, {per_trial_cpus} CPU + torch thread(s) each")
     print(_row("total wall of `python -m tuner.search`", search["wall"]))
     print(_row("  before Ray (imports, data, pre-flight)", search["before_ray"]))
     print(_row("  Ray start-up (ray.init until ready)", search["ray_start"]))
@@ -238,17 +279,23 @@ def main() -> None:
                float((ray_wall - trials["train_seconds"]).mean())))
     print(_row("per-trial overhead, mean (driver-seen - train)",
                float((seen - trials["train_seconds"]).mean())))
-    print("Ray alone, in this process:")
+    first, wait = start_latency(search["starts"], search["ends"], slots)
+    print(_row("first trial start after tuner.fit began", first, "(new worker process)"))
+    print(_row("next trial's start after one ends, mean wait", wait, "(new worker process)"))
+    print(_row(f"per-trial overhead, amortised (fit x {slots} - train) / {len(trials)}",
+               (search["tuner_fit"] * slots - train_sum) / len(trials)))
+    print("Ray alone, in this process (and one fresh interpreter):")
     for label, value in ray_alone.items():
         print(_row(label, value))
-    print(f"sequential, no Ray (same configs, fit() in-process, {seq['threads']} torch "
-          "threads):")
+    print(f"sequential, no Ray (same configs, fit() in-process, torch threads: "
+          f"{seq['threads']}):")
+    print(_row("imports (torch, transformers, timesclip)", seq["imports"]))
     print(_row("data load", seq["data"]))
     print(_row("vision features, once", seq["features"]))
     print(_row(f"{len(seq['fits'])} fits", seq_fits))
     print(_row("total", seq_total))
     print("ratios:")
-    print(f"  search wall / sequential wall (whole process vs data+features+fits): "
+    print(f"  search wall / sequential wall (whole process vs imports+data+features+fits): "
           f"{search['wall'] / seq_total:.2f}")
     print(f"  tuner.fit / sequential fits (trials only): {search['tuner_fit'] / seq_fits:.2f}")
     print(f"load average before {load_before}, after {_load()} "

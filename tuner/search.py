@@ -235,11 +235,15 @@ def run(args: argparse.Namespace) -> int:
                             "it or choose another --name")
     check_backbone(base.backbone)
     check_address(args.address)
+    if args.address and local_storage is not None:
+        _print(f"note: --storage {local_storage} must be a filesystem every node mounts at "
+               "the same path (or use s3://...), or checkpoints stay on the workers' disks")
     data = load_bundle(base, args.data)
     kind_line = (f"{len(space.arms)} arms x {len(space.seeds)} seeds, {budget['max_epochs']} "
                  "epochs each (no early stopping by ASHA)" if space.kind == "ablation" else
                  f"{budget['num_samples']} trials, up to {budget['max_epochs']} epochs, ASHA "
                  f"grace {budget['grace_period']} / factor {budget['reduction_factor']:g}")
+    _print(f"experiment {name} -> {exp_dir or storage_path.rstrip('/') + '/' + name}")
     _print(f"space {space.name} ({space.kind}): {kind_line}")
     _print(f"data: {data.description}; train {len(data.train)}, val {len(data.val)}, "
            f"test {len(data.test)}")
@@ -291,8 +295,7 @@ def _search(args: argparse.Namespace, space: Any, base: TrainConfig, budget: dic
     from tuner.progress import TrialProgress
     from tuner.trainable import train_trial
 
-    if exp_dir is not None and not args.resume:
-        exp_dir.mkdir(parents=True, exist_ok=True)
+    if not args.resume:
         meta = {
             "name": name, "space": space.name, "space_path": str(space.path), "kind": space.kind,
             "metric": budget["metric"], "mode": budget["mode"], "backbone": base.backbone,
@@ -307,7 +310,11 @@ def _search(args: argparse.Namespace, space: Any, base: TrainConfig, budget: dic
         }
         if space.kind == "ablation":
             meta["sampled_names"] = ["ablation", "seed"]
-        _write_json(exp_dir / META_FILE, meta)
+        if exp_dir is not None:
+            exp_dir.mkdir(parents=True, exist_ok=True)
+            _write_json(exp_dir / META_FILE, meta)
+        else:
+            _write_remote_json(f"{storage_path.rstrip('/')}/{name}/{META_FILE}", meta)
 
     features = _shared_features(base, data, resources)
     setup = {"kind": space.kind, "space": space, "base_config": base.to_dict(),
@@ -320,6 +327,9 @@ def _search(args: argparse.Namespace, space: Any, base: TrainConfig, budget: dic
         name=name, storage_path=storage_path, verbose=0,
         failure_config=tune.FailureConfig(max_failures=args.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        # Trials write train_config.yaml, final.json and tb/ into their trial directory; on a
+        # multi-node cluster only artifact syncing brings those from the worker to storage.
+        sync_config=tune.SyncConfig(sync_artifacts=True),
         callbacks=[TrialProgress(budget["metric"], budget["max_epochs"])])
 
     started = time.perf_counter()
@@ -353,8 +363,8 @@ def _search(args: argparse.Namespace, space: Any, base: TrainConfig, budget: dic
            f"{grid.num_errors} errored")
 
     if exp_dir is None:
-        _print("remote storage: rebuild the report where the experiment is readable with "
-               "`python -m tuner.results <local copy of STORAGE/NAME>`")
+        _print("remote storage: copy STORAGE/NAME to local disk, then rebuild the report "
+               "with `python -m tuner.results <local copy>`")
         return 0
     if space.kind != "ablation":
         _evaluate_best(grid, budget, data, exp_dir)
@@ -430,6 +440,17 @@ def _evaluate_best(grid: Any, budget: dict[str, Any], data: Any, exp_dir: Path) 
                                            budget["metric"]: value, "test": test})
     _print(f"best trial {best.metrics.get('trial_id', trial_id)}: {budget['metric']} "
            f"{value:.4f}; test (evaluated once) RMSE {test['rmse']:.3f}, R2 {test['r2']:+.3f}")
+
+
+def _write_remote_json(uri: str, payload: dict[str, Any]) -> None:
+    """search_meta.json next to Ray's files in remote storage (s3://, gs://, ...), so that
+    `python -m tuner.results` can rebuild the report from a local copy."""
+    import pyarrow.fs
+
+    fs, path = pyarrow.fs.FileSystem.from_uri(uri)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(path) as out:
+        out.write((json.dumps(payload, indent=2, default=str) + "\n").encode())
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:

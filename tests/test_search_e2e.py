@@ -1,0 +1,411 @@
+"""End-to-end: the real `python -m tuner.search` CLI with real Ray, Optuna and training.
+
+Every search runs as a subprocess on the tiny random backbone with a local Ray instance of
+2 CPUs, exactly as a user would start it. The long runs are marked `e2e`; the pre-flight
+failures and --help are fast (no Ray is started for them).
+
+To stay within a few minutes on a 2-core machine the acceptance search and the failing-trial
+search train on the small CSV data set of conftest (`small_csvs`) and run two single-CPU
+trials at a time; the ablation trains on the built-in synthetic data set (its report must
+say "synthetic"). Wall times are printed (`pytest -s`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from tuner.results import CONTRACT_COLUMNS
+
+REPO = Path(__file__).resolve().parents[1]
+EXPERIMENT = "t"
+MAX_EPOCHS = 6
+NUM_SAMPLES = 8
+ABSURD_LR = 1e12  # AdamW steps of ~1e12: the loss is NaN after the first update
+SANE_LR = 1e-3
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", RAY_USAGE_STATS_ENABLED="0")
+    env.pop("RAY_ADDRESS", None)  # a local instance, never somebody else's cluster
+    return env
+
+
+def _cli(*args: str | Path, timeout: float = 600) -> tuple[subprocess.CompletedProcess, float]:
+    """Run `python -m ...` from the repository root; returns (process, wall seconds)."""
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", *map(str, args)], cwd=REPO, env=_env(),
+                          capture_output=True, text=True, timeout=timeout)
+    return proc, time.perf_counter() - started
+
+
+def _ok(proc: subprocess.CompletedProcess) -> str:
+    """stdout of a run that must have exited 0 (its output is shown when it did not)."""
+    assert proc.returncode == 0, (
+        f"exit {proc.returncode}\n--- stdout\n{proc.stdout[-6000:]}\n"
+        f"--- stderr\n{proc.stderr[-6000:]}")
+    return proc.stdout
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, keep_default_na=False, na_values=[""])
+
+
+def _no_gpu() -> bool:
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+# =============================================================== 1. the acceptance run
+@pytest.fixture(scope="module")
+def acceptance(tmp_path_factory, small_csvs):
+    """The issue's acceptance search: full space, tiny backbone, 8 trials, 6 epochs, grace 1."""
+    storage = tmp_path_factory.mktemp("acceptance")
+    proc, wall = _cli("tuner.search", "--space", "full", "--backbone", "tiny",
+                      "--num-samples", NUM_SAMPLES, "--max-epochs", MAX_EPOCHS,
+                      "--grace-period", 1, "--storage", storage, "--name", EXPERIMENT,
+                      "--num-cpus", 2, "--cpus-per-trial", 1, "--data", *small_csvs)
+    print(f"\n[wall] acceptance search (full space, {NUM_SAMPLES} trials x <= {MAX_EPOCHS} "
+          f"epochs): {wall:.1f}s")
+    stdout = _ok(proc)
+    exp = storage / EXPERIMENT
+    return {"exp": exp, "stdout": stdout, "stderr": proc.stderr, "wall": wall,
+            "data": small_csvs, "meta": json.loads((exp / "search_meta.json").read_text())}
+
+
+@pytest.mark.e2e
+def test_acceptance_search_completes_with_contract_report(acceptance):
+    stdout, meta, report = acceptance["stdout"], acceptance["meta"], acceptance["exp"] / "report"
+    if _no_gpu():
+        # the full space asks for 0.25 GPU per trial: without a GPU that would wait forever
+        assert "no GPU on this machine: trials run on the CPU (gpus_per_trial 0.25 -> 0)" \
+            in stdout
+        assert meta["resources"]["gpus_per_trial"] == 0
+    assert "ray: local instance" in stdout
+    assert "search finished in" in stdout and f"{NUM_SAMPLES} trials, 0 errored" in stdout
+    for name in ("trials.csv", "trials.parquet", "summary.md", "best_config.yaml"):
+        assert (report / name).is_file(), name
+
+    sampled = meta["sampled_names"]
+    assert {"lr", "use_contrastive", "contrastive_weight", "patch_length", "stride"} \
+        <= set(sampled)
+    expected = CONTRACT_COLUMNS + [f"config.{n}" for n in sampled]
+    csv = _read_csv(report / "trials.csv")
+    parquet = pd.read_parquet(report / "trials.parquet")
+    for table in (csv, parquet):
+        assert list(table.columns[:len(CONTRACT_COLUMNS)]) == CONTRACT_COLUMNS
+        assert set(expected) <= set(table.columns)
+        assert len(table) == NUM_SAMPLES
+        assert table["trial_id"].is_unique
+    assert list(csv["trial_id"].astype(str)) == list(parquet["trial_id"])
+
+    assert (csv["status"] == "TERMINATED").all(), csv[["trial_id", "status", "error"]]
+    assert csv["error"].isna().all()
+    assert csv["best_val_rmse"].map(math.isfinite).all()
+    assert csv["epochs_run"].between(1, MAX_EPOCHS).all()
+    assert (csv["wall_seconds"] > 0).all()
+    stopped = csv[csv["stopped_by"] == "asha"]
+    assert len(stopped) >= 1 and (stopped["epochs_run"] < MAX_EPOCHS).all(), \
+        csv[["trial_id", "epochs_run", "stopped_by"]]
+    # a trial that ran to max_epochs is never reported as stopped by ASHA
+    assert (csv.loc[csv["epochs_run"] == MAX_EPOCHS, "stopped_by"]
+            .isin(["completed", "early_stopping"]).all())
+    # inactive conditional parameters still show the value the trial ran with
+    assert csv["config.lr"].map(math.isfinite).all()
+    print(f"[info] stopped by ASHA: {len(stopped)} of {len(csv)}; epochs_run "
+          f"{sorted(csv['epochs_run'].tolist())}")
+
+
+@pytest.mark.e2e
+def test_acceptance_optuna_recorded_every_trial(acceptance):
+    import optuna
+
+    exp = acceptance["exp"]
+    study = optuna.load_study(study_name=EXPERIMENT, storage=f"sqlite:///{exp / 'optuna.db'}")
+    trials = study.get_trials(deepcopy=False)
+    assert len(trials) == NUM_SAMPLES
+    states = [t.state for t in trials]
+    assert optuna.trial.TrialState.RUNNING not in states, states
+    assert set(states) <= {optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED}
+
+    # Optuna trial <-> Ray trial by the sampled learning rate (exact: both are float64)
+    table = pd.read_parquet(exp / "report" / "trials.parquet")
+    by_lr = {float(row["config.lr"]): row for _, row in table.iterrows()}
+    assert len(by_lr) == NUM_SAMPLES
+    for trial in trials:
+        row = by_lr[float(trial.params["lr"])]
+        if trial.state == optuna.trial.TrialState.COMPLETE:
+            assert trial.value == pytest.approx(row["last_val_rmse"], rel=1e-9, abs=0), \
+                (trial.number, row["trial_id"])
+        else:  # PRUNED is only acceptable for a trial ASHA stopped
+            assert row["stopped_by"] == "asha"
+    asha = table[table["stopped_by"] == "asha"]
+    assert len(asha) >= 1
+    recorded = {float(t.params["lr"]) for t in trials}
+    assert set(asha["config.lr"].astype(float)) <= recorded
+
+
+@pytest.mark.e2e
+def test_acceptance_best_config_retrains(acceptance, tmp_path):
+    best_path = acceptance["exp"] / "report" / "best_config.yaml"
+    best = yaml.safe_load(best_path.read_text())
+    assert best["provenance"]["experiment"] == EXPERIMENT
+    assert best["backbone"] == "tiny" and best["epochs"] == MAX_EPOCHS
+    table = _read_csv(acceptance["exp"] / "report" / "trials.csv")
+    assert best["provenance"]["trial_id"] == str(table["trial_id"].iloc[0])
+
+    out = tmp_path / "retrain"
+    proc, wall = _cli("timesclip", "train", "--config", best_path, "--epochs", 1,
+                      "--out", out, "--data", *acceptance["data"], timeout=300)
+    print(f"\n[wall] retrain best_config.yaml for 1 epoch: {wall:.1f}s")
+    _ok(proc)
+    written = yaml.safe_load((out / "config.yaml").read_text())
+    expected = {k: v for k, v in best.items() if k != "provenance"}
+    expected["epochs"] = 1
+    assert written == expected
+    assert (out / "metrics.json").is_file() and (out / "best.pt").is_file()
+
+
+@pytest.mark.e2e
+def test_acceptance_results_rebuild_is_byte_identical(acceptance):
+    exp = acceptance["exp"]
+    before = (exp / "report" / "trials.csv").read_bytes()
+    proc, wall = _cli("tuner.results", exp, timeout=300)
+    print(f"\n[wall] python -m tuner.results: {wall:.1f}s")
+    stdout = _ok(proc)
+    assert "report written to" in stdout
+    assert (exp / "report" / "trials.csv").read_bytes() == before
+    for name in ("trials.parquet", "summary.md", "best_config.yaml"):
+        assert (exp / "report" / name).is_file(), name
+
+
+# =============================================================== 2. the ablation
+@pytest.mark.e2e
+def test_ablation_report(tmp_path):
+    small = tmp_path / "small.yaml"
+    small.write_text("d_model: 32\nhead_hidden: 32\n")
+    proc, wall = _cli("tuner.search", "--space", "ablation", "--backbone", "tiny",
+                      "--max-epochs", 2, "--seeds", "0,1", "--storage", tmp_path,
+                      "--name", "ab", "--config", small, "--num-cpus", 2,
+                      "--cpus-per-trial", 1, "--gpus-per-trial", 0)
+    print(f"\n[wall] ablation search (5 arms x 2 seeds x 2 epochs): {wall:.1f}s")
+    stdout = _ok(proc)
+    assert "10 trials, 0 errored" in stdout
+    report = tmp_path / "ab" / "report"
+    assert (report / "ablation.csv").is_file() and (report / "ablation.md").is_file()
+    assert not (report / "best_config.yaml").exists()  # arms are not a search
+
+    table = _read_csv(report / "ablation.csv")
+    assert list(table["row"]) == ["E1", "E2", "E3", "E4", "E5", "mean", "ridge"]
+    for metric in ("rmse", "mae", "r2", "mape"):
+        values = table[f"test_{metric}_mean"].astype(float)
+        assert values.map(math.isfinite).all(), (metric, values.tolist())
+    arms = table[table["kind"] == "arm"]
+    assert (arms["n"] == 2).all() and (arms["trials"] == 2).all()
+    assert (arms["seeds"].astype(str) == "0,1").all()
+    assert arms["test_rmse_std"].map(math.isfinite).all()  # two seeds: a spread exists
+
+    md = (report / "ablation.md").read_text()
+    rows = [line for line in md.splitlines() if line.startswith("| ")]
+    labels = [line.split("|")[1].strip() for line in rows[1:]]  # rows[0] is the header
+    assert labels == ["E1", "E2", "E3", "E4", "E5", "mean", "ridge"]
+    assert "`tiny`" in md and "NOT from pretrained CLIP" in md
+    assert "synthetic" in md.lower()
+
+    trials = _read_csv(report / "trials.csv")
+    assert len(trials) == 10 and (trials["status"] == "TERMINATED").all()
+    assert sorted(zip(trials["config.ablation"], trials["config.seed"])) == \
+        [(f"E{i}", s) for i in range(1, 6) for s in (0, 1)]
+
+
+# =============================================================== 3. a trial that raises
+FAILING_SPACE = f"""\
+description: one sane and one absurd learning rate; the absurd one diverges (NaN loss)
+kind: search
+budget:
+  num_samples: 4
+  max_epochs: 2
+  grace_period: 2
+  reduction_factor: 2
+  metric: val_rmse
+  mode: min
+  max_concurrent: 2
+resources:
+  cpus_per_trial: 1
+  gpus_per_trial: 0
+base:
+  backbone: tiny
+  d_model: 32
+  head_hidden: 32
+  patience: 3
+parameters:
+  lr:
+    type: choice
+    choices: [{SANE_LR!r}, {ABSURD_LR!r}]
+"""
+
+
+def _predicted_lrs(space, seed: int, n: int) -> list[float]:
+    """What OptunaSearch's seeded TPE asks first: its startup trials are random draws in ask
+    order, independent of the values told in between."""
+    import optuna
+
+    study = optuna.create_study(direction="minimize",
+                                sampler=optuna.samplers.TPESampler(seed=seed))
+    lrs = []
+    for _ in range(n):
+        trial = study.ask()
+        space.define_by_run(trial)
+        lrs.append(float(trial.params["lr"]))
+    return lrs
+
+
+@pytest.mark.e2e
+def test_failing_trial_is_reported_and_search_finishes(tmp_path, small_csvs):
+    import optuna
+
+    from timesclip.config import TrainConfig
+    from timesclip.data import load_bundle
+    from timesclip.errors import NonFiniteLossError
+    from timesclip.train import fit
+    from tuner.spaces import load_space
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space_path = tmp_path / "diverge.yaml"
+    space_path.write_text(FAILING_SPACE)
+    space = load_space(space_path)
+
+    # a seed for which the sampler proposes both learning rates (one or two absurd ones)
+    seed, lrs = next((s, lrs) for s in range(100)
+                     for lrs in [_predicted_lrs(space, s, 4)]
+                     if 1 <= lrs.count(ABSURD_LR) <= 2)
+    print(f"\n[info] --seed {seed}: Optuna proposes lr {lrs}")
+
+    # precondition: the absurd learning rate really diverges with this trial config
+    config = space.trial_config(TrainConfig(), {"lr": ABSURD_LR}).replace(seed=seed,
+                                                                          device="cpu")
+    with pytest.raises(NonFiniteLossError):
+        fit(config, load_bundle(config, small_csvs), evaluate_test=False)
+
+    proc, wall = _cli("tuner.search", "--space", space_path, "--storage", tmp_path,
+                      "--name", "nan", "--seed", seed, "--num-cpus", 2,
+                      "--data", *small_csvs)
+    print(f"[wall] search with a diverging trial (4 trials x 2 epochs): {wall:.1f}s")
+    stdout = _ok(proc)
+    n_bad = lrs.count(ABSURD_LR)
+    assert f"4 trials, {n_bad} errored" in stdout
+
+    exp = tmp_path / "nan"
+    study = optuna.load_study(study_name="nan", storage=f"sqlite:///{exp / 'optuna.db'}")
+    trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+    assert [float(t.params["lr"]) for t in trials] == lrs  # the prediction was right
+    assert [t.state.name for t in trials] == \
+        ["FAIL" if lr == ABSURD_LR else "COMPLETE" for lr in lrs]
+
+    table = _read_csv(exp / "report" / "trials.csv")
+    assert len(table) == 4
+    bad = table[table["config.lr"] == ABSURD_LR]
+    good = table[table["config.lr"] == SANE_LR]
+    assert len(bad) == n_bad and len(good) == 4 - n_bad
+    assert (bad["status"] == "ERROR").all() and (bad["stopped_by"] == "error").all()
+    for error in bad["error"]:
+        assert "NonFiniteLossError" in error and "non-finite loss" in error, error
+    assert (good["status"] == "TERMINATED").all()
+    assert good["error"].isna().all()
+    assert good["best_val_rmse"].map(math.isfinite).all()
+    assert (good["epochs_run"] == 2).all()
+    summary = (exp / "report" / "summary.md").read_text()
+    assert f"## Failures ({n_bad})" in summary and "non-finite loss" in summary
+    best = yaml.safe_load((exp / "report" / "best_config.yaml").read_text())
+    assert best["lr"] == SANE_LR  # a diverged configuration is never recommended
+
+
+# =============================================================== 4. pre-flight failures
+BAD_SPACE = """\
+description: a typo in a parameter name
+kind: search
+budget: {num_samples: 2, max_epochs: 2, grace_period: 1, reduction_factor: 2,
+         metric: val_rmse, mode: min, max_concurrent: 1}
+resources: {cpus_per_trial: 1, gpus_per_trial: 0}
+base: {backbone: tiny}
+parameters:
+  learning_rate: {type: loguniform, low: 1.0e-4, high: 1.0e-3}
+"""
+
+# --address auto is not covered: whether a cluster is "running" depends on
+# /tmp/ray/ray_current_cluster, which any other `ray start` on the machine may create.
+PREFLIGHT = {
+    "invalid-space-file": (["--space", "{bad_space}"], "unknown parameter 'learning_rate'"),
+    "unknown-space-name": (["--space", "nosuch"], "unknown search space 'nosuch'"),
+    "missing-data-file": (["--space", "quick", "--data", "{tmp}/no/such.csv"],
+                          "file not found"),
+    "unreachable-address": (["--space", "quick", "--address", "127.0.0.1:1"],
+                            "cannot reach a Ray cluster at 127.0.0.1:1"),
+    "missing-backbone-dir": (["--space", "quick", "--backbone", "/no/such/dir"],
+                             "cannot load CLIP backbone '/no/such/dir'"),
+    "grace-above-max-epochs": (["--space", "quick", "--grace-period", "5",
+                                "--max-epochs", "2"],
+                               "--grace-period (5) must be <= --max-epochs (2)"),
+    "existing-experiment": (["--space", "quick", "--name", "taken"],
+                            "already exists; pass --resume"),
+}
+
+
+@pytest.fixture(scope="module")
+def preflight_runs(tmp_path_factory):
+    """Every PREFLIGHT case run once, two at a time (each is mostly import time)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    root = tmp_path_factory.mktemp("preflight")
+    bad_space = root / "bad.yaml"
+    bad_space.write_text(BAD_SPACE)
+
+    def run(case: str) -> tuple[subprocess.CompletedProcess, float, Path]:
+        args, _ = PREFLIGHT[case]
+        storage = root / case
+        (storage / "taken").mkdir(parents=True)
+        (storage / "taken" / "search_meta.json").write_text("{}")
+        args = [a.format(bad_space=bad_space, tmp=root) for a in args]
+        if "--name" not in args:
+            args += ["--name", "fresh"]
+        proc, wall = _cli("tuner.search", *args, "--storage", storage, timeout=120)
+        return proc, wall, storage
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return dict(zip(PREFLIGHT, pool.map(run, PREFLIGHT)))
+
+
+@pytest.mark.parametrize("case", list(PREFLIGHT))
+def test_preflight_failure_is_one_line_exit_2_without_ray(case, preflight_runs):
+    proc, wall, storage = preflight_runs[case]
+    print(f"\n[wall] pre-flight {case}: {wall:.1f}s")
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert PREFLIGHT[case][1] in lines[0]
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert not any(line.startswith("ray: ") for line in proc.stdout.splitlines()), proc.stdout
+    assert "dashboard" not in (proc.stdout + proc.stderr).lower()
+    assert not (storage / "fresh").exists()  # nothing written for a run that never started
+    assert wall < 30
+
+
+# =============================================================== 5. --help
+def test_help_lists_the_main_flags():
+    proc, wall = _cli("tuner.search", "--help", timeout=60)
+    print(f"\n[wall] --help: {wall:.1f}s")
+    stdout = _ok(proc)
+    for flag in ("--space", "--num-samples", "--gpus-per-trial", "--address", "--storage",
+                 "--resume"):
+        assert flag in stdout, flag
