@@ -349,13 +349,11 @@ BAD_CASES: dict[str, tuple[list[str], list[str]]] = {
 
 
 #: Product bugs found while writing these tests: case id -> what goes wrong.
-KNOWN_BUGS = {
-    "out-is-cwd": "--out . in an empty directory: Path('.').with_name() raises ValueError "
-                  "(timesclip/__main__.py, cmd_train: out is not resolved)",
-    "out-parent-is-a-file": "--out below a regular file: work.mkdir() raises "
-                            "NotADirectoryError, a traceback and exit 1 instead of exit 2",
-    "checkpoint-not-a-checkpoint": "evaluate --checkpoint FILE.csv: pickle.UnpicklingError "
-                                   "is not caught by load_for_inference (timesclip/train.py)",
+#: Edge cases that once crashed with a traceback (regression tests).
+EDGE_CASES = {
+    "out-is-cwd": "--out . in an empty directory is a valid output directory",
+    "out-parent-is-a-file": "--out below a regular file: one line, exit 2",
+    "checkpoint-not-a-checkpoint": "evaluate --checkpoint FILE.csv: one line, exit 2",
 }
 
 
@@ -393,7 +391,7 @@ def bad_runs(inputs, tmp_path_factory):
     good = inputs / "good.csv"
     quick = ["--data", good, "--language-only", "--epochs", "1", "--d-model", "32",
              "--head-hidden", "32"]
-    for case in ("control", *KNOWN_BUGS):
+    for case in ("control", *EDGE_CASES):
         (root / case).mkdir()
         before[case] = []
     jobs["control"] = ([*BASE, *quick], root / "control")
@@ -423,11 +421,9 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(bad_runs, case):
         assert (run.cwd / "OUT" / "keep.txt").read_text() == "user data\n"
 
 
-@pytest.mark.parametrize("case", [
-    pytest.param(case, marks=pytest.mark.xfail(strict=True, reason=reason))
-    for case, reason in KNOWN_BUGS.items()])
-def test_known_bugs(bad_runs, case):
-    """Product bugs found while writing these tests; remove the marker once fixed."""
+@pytest.mark.parametrize("case", list(EDGE_CASES))
+def test_output_and_checkpoint_edge_cases(bad_runs, case):
+    """Edge cases that once crashed with a traceback."""
     run = bad_runs[0][case]
     if case == "out-is-cwd":  # valid input: the empty working directory is the output
         assert run.returncode == 0, run

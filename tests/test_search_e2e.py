@@ -57,6 +57,14 @@ def _ok(proc: subprocess.CompletedProcess) -> str:
     return proc.stdout
 
 
+def _report_port_clashes(label: str, proc: subprocess.CompletedProcess) -> None:
+    """Other Ray instances may share the machine: show (not fail on) port trouble."""
+    hits = [line for line in (proc.stdout + proc.stderr).splitlines()
+            if "already in use" in line.lower() or "port conflict" in line.lower()]
+    if hits:
+        print(f"[ports] {label}: " + " | ".join(hits[:3]))
+
+
 def _read_csv(path: Path) -> pd.DataFrame:
     return pd.read_csv(path, keep_default_na=False, na_values=[""])
 
@@ -78,6 +86,7 @@ def acceptance(tmp_path_factory, small_csvs):
                       "--num-cpus", 2, "--cpus-per-trial", 1, "--data", *small_csvs)
     print(f"\n[wall] acceptance search (full space, {NUM_SAMPLES} trials x <= {MAX_EPOCHS} "
           f"epochs): {wall:.1f}s")
+    _report_port_clashes("acceptance", proc)
     stdout = _ok(proc)
     exp = storage / EXPERIMENT
     return {"exp": exp, "stdout": stdout, "stderr": proc.stderr, "wall": wall,
@@ -200,6 +209,7 @@ def test_ablation_report(tmp_path):
                       "--name", "ab", "--config", small, "--num-cpus", 2,
                       "--cpus-per-trial", 1, "--gpus-per-trial", 0)
     print(f"\n[wall] ablation search (5 arms x 2 seeds x 2 epochs): {wall:.1f}s")
+    _report_port_clashes("ablation", proc)
     stdout = _ok(proc)
     assert "10 trials, 0 errored" in stdout
     report = tmp_path / "ab" / "report"
@@ -302,6 +312,7 @@ def test_failing_trial_is_reported_and_search_finishes(tmp_path, small_csvs):
                       "--name", "nan", "--seed", seed, "--num-cpus", 2,
                       "--data", *small_csvs)
     print(f"[wall] search with a diverging trial (4 trials x 2 epochs): {wall:.1f}s")
+    _report_port_clashes("diverging", proc)
     stdout = _ok(proc)
     n_bad = lrs.count(ABSURD_LR)
     assert f"4 trials, {n_bad} errored" in stdout

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from timesclip.cli_args import (
+    OneLineErrorParser,
     add_ablation_flags,
     add_config_flags,
     add_data_flags,
@@ -28,7 +29,7 @@ def _print(msg: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="python -m timesclip",
         description="Train or evaluate the TimesCLIP crop-yield model (one run, no Ray).")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -66,17 +67,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from timesclip.data import load_bundle
-    from timesclip.model import check_backbone
-    from timesclip.train import fit, resolve_device
+    from timesclip.data import load_bundle  # pandas only: bad input fails before torch loads
 
     config = config_from_args(args)
-    out = Path(args.out or f"runs/train-{time.strftime('%Y%m%d-%H%M%S')}")
+    out = Path(args.out or f"runs/train-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"output directory {out} already exists and is not empty; "
                         "choose another --out or remove it")
-    check_backbone(config.backbone)
+    _check_writable(out)
     data = load_bundle(config, args.data)  # all input checks happen before anything is written
+    from timesclip.model import check_backbone
+    from timesclip.train import fit, resolve_device
+
+    check_backbone(config.backbone)
     ablation = config.ablation_id or "custom"
     _print(f"data: {data.description}; split {data.split}: train {len(data.train)}, "
            f"val {len(data.val)}, test {len(data.test)}; bands {','.join(data.bands)}; "
@@ -88,7 +91,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     # Work in a sibling temp dir and rename at the end: a failed run leaves no half output.
     work = out.with_name(f".{out.name}.partial-{os.getpid()}")
     shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    try:
+        work.mkdir(parents=True)
+    except OSError as exc:
+        raise UserError(f"cannot create output directory {out}: {exc.strerror or exc}; "
+                        "choose another --out") from None
     try:
         config.to_yaml(work / "config.yaml")
         result = fit(config, data, checkpoint_dir=work, tb_dir=work / "tb", log=_print)
@@ -114,6 +121,16 @@ def cmd_train(args: argparse.Namespace) -> int:
                f"MAPE {t['mape']:.1f}%   [backbone {config.backbone}; {data.description}]")
     _print(f"wrote {out}/config.yaml, metrics.json, best.pt, tb/")
     return 0
+
+
+def _check_writable(out: Path) -> None:
+    """Fail before any work if --out cannot be created (a file in the way, no permission)."""
+    ancestor = out.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UserError(f"cannot create output directory {out}: {ancestor} is not a writable "
+                        "directory; choose another --out")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

@@ -13,6 +13,17 @@ from typing import Any
 
 from timesclip.config import ABLATIONS, TrainConfig, apply_ablation
 
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (`error: ...; see --help`) with exit code 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        import sys
+
+        print(f"error: {self.prog}: {message}; see {self.prog} --help", file=sys.stderr)
+        raise SystemExit(2)
+
+
 #: One-line help for the flags a user reaches for first; others get a generic line.
 FIELD_HELP: dict[str, str] = {
     "bands": "comma-separated band names to use, in this order (default: every band found)",

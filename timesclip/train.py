@@ -409,8 +409,9 @@ def load_for_inference(checkpoint: str | Path, device: str = "auto"
         ck = torch.load(path, map_location="cpu", weights_only=False)
         config = TrainConfig.from_dict(ck["config"], source=str(path))
         scaler, bands = Scaler.from_dict(ck["scaler"]), list(ck["bands"])
-    except (KeyError, RuntimeError, EOFError, TypeError) as exc:
-        raise ConfigError(f"{path} is not a timesclip checkpoint ({type(exc).__name__})") from None
+    except Exception as exc:  # any unpickling/format failure means "not our checkpoint"
+        raise ConfigError(f"{path} is not a timesclip checkpoint ({type(exc).__name__}); "
+                          f"pass a training --out directory or its {BEST}") from None
     config = config.replace(device=device) if device != "auto" else config
     backbone = load_backbone(config.backbone, need_vision=config.use_vision)
     torch.manual_seed(config.seed)

@@ -17,7 +17,6 @@ ablation.csv and ablation.md (and skips best_config.yaml: its arms are not a sea
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -36,6 +35,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from timesclip.cli_args import OneLineErrorParser
 from timesclip.config import ABLATION_MEANINGS, ABLATIONS, TrainConfig
 from timesclip.errors import ConfigError, UserError
 
@@ -907,7 +907,7 @@ def _top_text(path: Path, n: int = 3) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="python -m tuner.results",
         description=(
             "Rebuild the report of a stored search experiment: STORAGE/NAME/report/ with "

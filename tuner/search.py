@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from timesclip.cli_args import DATA_FIELDS, add_data_flags
+from timesclip.cli_args import DATA_FIELDS, OneLineErrorParser, add_data_flags
 from timesclip.config import TrainConfig
 from timesclip.errors import ConfigError, UserError
 
@@ -32,7 +32,7 @@ def _print(msg: str) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from tuner.spaces import list_spaces
 
-    p = argparse.ArgumentParser(
+    p = OneLineErrorParser(
         prog="python -m tuner.search",
         description="Hyperparameter search for TimesCLIP: Ray Tune schedules trials, Optuna "
                     "(TPE) samples the space, ASHA stops weak trials early. Writes "
@@ -233,12 +233,12 @@ def run(args: argparse.Namespace) -> int:
         if not args.resume and exp_dir.exists() and any(exp_dir.iterdir()):
             raise UserError(f"experiment {exp_dir} already exists; pass --resume to continue "
                             "it or choose another --name")
+    data = load_bundle(base, args.data)
     check_backbone(base.backbone)
     check_address(args.address)
     if args.address and local_storage is not None:
         _print(f"note: --storage {local_storage} must be a filesystem every node mounts at "
                "the same path (or use s3://...), or checkpoints stay on the workers' disks")
-    data = load_bundle(base, args.data)
     kind_line = (f"{len(space.arms)} arms x {len(space.seeds)} seeds, {budget['max_epochs']} "
                  "epochs each (no early stopping by ASHA)" if space.kind == "ablation" else
                  f"{budget['num_samples']} trials, up to {budget['max_epochs']} epochs, ASHA "
