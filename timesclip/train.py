@@ -289,7 +289,8 @@ def fit(config: TrainConfig, data: DataBundle, *, report: ReportFn | None = None
                 for key, tag in _TB_TAGS.items():
                     writer.add_scalar(tag, metrics[key], epoch)
                 if config.use_contrastive:
-                    writer.add_scalar("Temperature", float(model.contrastive.temperature), epoch)
+                    temperature = float(model.contrastive.temperature.detach())
+                    writer.add_scalar("Temperature", temperature, epoch)
                 writer.flush()
             seconds = elapsed_before + time.perf_counter() - loop_start
             if ckdir is not None:

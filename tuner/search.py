@@ -137,8 +137,7 @@ def resolve_resources(args: argparse.Namespace, space: Any) -> dict[str, float]:
 def check_address(address: str | None) -> None:
     """An unreachable cluster is a user error, found before Ray is touched."""
     if address is None or address == "auto":
-        if address == "auto" and not (os.environ.get("RAY_ADDRESS")
-                                      or Path("/tmp/ray/ray_current_cluster").exists()):
+        if address == "auto" and not (os.environ.get("RAY_ADDRESS") or _local_cluster_file()):
             raise UserError("--address auto: no running Ray cluster found on this machine; "
                             "start one with `ray start --head` or omit --address for a local "
                             "instance")
@@ -154,6 +153,16 @@ def check_address(address: str | None) -> None:
         raise UserError(f"cannot reach a Ray cluster at {address} ({exc.strerror or exc}); "
                         "check the head node address and port, or omit --address for a "
                         "local instance") from None
+
+
+def _local_cluster_file() -> bool:
+    """Whether `ray start` left its address file here (Ray's own path: honours RAY_TMPDIR)."""
+    try:
+        from ray._common.utils import get_ray_address_file
+
+        return Path(get_ray_address_file(None)).exists()
+    except ImportError:  # a Ray without that helper: let ray.init(address="auto") decide
+        return True
 
 
 def resolve_storage(storage: str) -> tuple[str, Path | None]:
