@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 import pickle
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,8 @@ def _run_asks(space: SearchSpace, n: int, seed: int = 0) -> list[tuple[dict, dic
         constants = space.define_by_run(trial) or {}
         params = dict(trial.params)
         out.append((params, constants))
-        study.tell(trial, sum(hash(str(v)) % 97 for v in params.values()) / 97.0)
+        # crc32, not hash(): str hashes change per process (PYTHONHASHSEED)
+        study.tell(trial, sum(zlib.crc32(str(v).encode()) % 97 for v in params.values()) / 97.0)
     return out
 
 
