@@ -23,6 +23,7 @@ from timesclip.errors import ConfigError, UserError
 
 META_FILE = "search_meta.json"
 BEST_TEST_FILE = "best_test.json"
+REUSE_ACTORS = os.environ.get("TIMESCLIP_REUSE_ACTORS", "1") == "1"
 
 
 def _print(msg: str) -> None:
@@ -335,7 +336,9 @@ def _search(args: argparse.Namespace, space: Any, base: TrainConfig, budget: dic
     run_config = tune.RunConfig(
         name=name, storage_path=storage_path, verbose=0,
         failure_config=tune.FailureConfig(max_failures=args.max_failures),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        # Keep 3, not 1: after a crash the experiment snapshot may name a checkpoint one or
+        # two epochs older than the newest, and --resume restores from that one.
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=3),
         # Trials write train_config.yaml, final.json and tb/ into their trial directory; on a
         # multi-node cluster only artifact syncing brings those from the worker to storage.
         sync_config=tune.SyncConfig(sync_artifacts=True),
@@ -354,7 +357,8 @@ def _search(args: argparse.Namespace, space: Any, base: TrainConfig, budget: dic
                          "seed": tune.grid_search(list(space.seeds))},
             tune_config=tune.TuneConfig(metric=budget["metric"], mode=budget["mode"],
                                         scheduler=FIFOScheduler(),
-                                        max_concurrent_trials=budget["max_concurrent"]),
+                                        max_concurrent_trials=budget["max_concurrent"],
+                                        reuse_actors=REUSE_ACTORS),
             run_config=run_config)
     else:
         tuner = tune.Tuner(
@@ -365,7 +369,7 @@ def _search(args: argparse.Namespace, space: Any, base: TrainConfig, budget: dic
                 scheduler=ASHAScheduler(time_attr="epoch", max_t=budget["max_epochs"],
                                         grace_period=budget["grace_period"],
                                         reduction_factor=budget["reduction_factor"]),
-                num_samples=budget["num_samples"]),
+                num_samples=budget["num_samples"], reuse_actors=REUSE_ACTORS),
             run_config=run_config)
     grid = tuner.fit()
     _print(f"search finished in {time.perf_counter() - started:.1f}s: {len(grid)} trials, "
@@ -384,6 +388,11 @@ def _search(args: argparse.Namespace, space: Any, base: TrainConfig, budget: dic
     return 0
 
 
+# reuse_actors=True (both Tuner calls): trials have equal resources, so a finished trial's
+# worker process runs the next one instead of a fresh process re-importing torch and
+# transformers (measured: the quick search's tuner.fit went from 23.5 s to 10.2 s).
+
+
 def _searcher(space: Any, budget: dict[str, Any], seed: int, exp_dir: Path | None, name: str):
     """TPE (seeded, define-by-run) behind a ConcurrencyLimiter.
 
@@ -397,7 +406,18 @@ def _searcher(space: Any, budget: dict[str, Any], seed: int, exp_dir: Path | Non
     storage = None
     if exp_dir is not None:
         storage = optuna.storages.RDBStorage(f"sqlite:///{exp_dir / 'optuna.db'}")
-    searcher = OptunaSearch(space=space.define_by_run, metric=budget["metric"],
+    class ResumableOptunaSearch(OptunaSearch):
+        """After an interrupted run the sqlite study can be ahead of Ray's searcher snapshot,
+        so a re-run trial reports to an Optuna trial that is already finished. Optuna refuses
+        that update; the search must go on (the re-run's final value is told at the end)."""
+
+        def on_trial_result(self, trial_id: str, result: dict) -> None:
+            try:
+                super().on_trial_result(trial_id, result)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass
+
+    searcher = ResumableOptunaSearch(space=space.define_by_run, metric=budget["metric"],
                             mode=budget["mode"], sampler=optuna.samplers.TPESampler(seed=seed),
                             study_name=name, storage=storage)
     return ConcurrencyLimiter(searcher, max_concurrent=budget["max_concurrent"])
