@@ -7,8 +7,8 @@ One run measures, side by side on the same machine:
 1. Ray start-up and shutdown in this process (``ray.init`` of a local instance with the
    dashboard, as `tuner.search` starts it, until ready; the first task round trip, which
    starts a worker process; ``ray.shutdown``), and the import of ``tuner.trainable``
-   (torch, transformers, Ray Tune) in a fresh interpreter: what each trial's new worker
-   process pays before its trial starts.
+   (torch, transformers, Ray Tune) in a fresh interpreter: what a new worker process pays
+   before its first trial starts (workers are then reused for later trials).
 2. A real search in a subprocess, ``python -m tuner.search --space SPACE --num-samples N
    --max-epochs E --grace-period E`` (grace = max_t: ASHA prunes nothing, so every trial
    trains the same number of epochs as its sequential twin below). Its output lines are
@@ -280,8 +280,8 @@ def main() -> None:
     print(_row("per-trial overhead, mean (driver-seen - train)",
                float((seen - trials["train_seconds"]).mean())))
     first, wait = start_latency(search["starts"], search["ends"], slots)
-    print(_row("first trial start after tuner.fit began", first, "(new worker process)"))
-    print(_row("next trial's start after one ends, mean wait", wait, "(new worker process)"))
+    print(_row("first trial start after tuner.fit began", first, "(worker start-up)"))
+    print(_row("next trial's start after one ends, mean wait", wait, "(worker reused)"))
     print(_row(f"per-trial overhead, amortised (fit x {slots} - train) / {len(trials)}",
                (search["tuner_fit"] * slots - train_sum) / len(trials)))
     print("Ray alone, in this process (and one fresh interpreter):")

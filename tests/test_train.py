@@ -109,6 +109,7 @@ def test_shared_features_give_the_same_run(small_bundle, tiny_config):
     a = fit(tiny_config.replace(epochs=2), small_bundle)
     b = fit(tiny_config.replace(epochs=2), small_bundle, vision_features=feats)
     assert a.val == pytest.approx(b.val, rel=1e-6)
+    assert a.params == b.params  # the vision tower is counted even when it was not loaded
 
 
 @pytest.mark.e2e

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from transformers import CLIPVisionModel
 
 from timesclip.config import TrainConfig
 from timesclip.data import DataBundle, Scaler
@@ -124,6 +125,17 @@ def compute_features(config: TrainConfig, data: DataBundle, backbone: Backbone |
     return feats
 
 
+def vision_tower_size(backbone: Backbone) -> int:
+    """Parameters of the frozen vision tower; counted on the meta device (no memory, no
+    weights) when the tower was not loaded because its features were handed in."""
+    if backbone.vision is not None:
+        return sum(p.numel() for p in backbone.vision.parameters())
+    assert backbone.vision_config is not None
+    with torch.device("meta"):
+        tower = CLIPVisionModel(backbone.vision_config)
+    return sum(p.numel() for p in tower.parameters())
+
+
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """state_dict without frozen parameters: they are a function of the backbone id,
     so checkpoints stay small even with a frozen ViT-B text tower inside."""
@@ -213,17 +225,17 @@ def fit(config: TrainConfig, data: DataBundle, *, report: ReportFn | None = None
     seed_everything(config.seed)
     device = resolve_device(config.device)
     if backbone is None:
-        # The vision tower is loaded even when features are handed in: its parameter count
-        # belongs in every report, and it stays on the CPU unless features are computed here.
-        backbone = load_backbone(config.backbone, need_vision=config.use_vision)
+        # The vision tower is only needed to compute features; handed-in features skip it.
+        backbone = load_backbone(config.backbone,
+                                 need_vision=config.use_vision and vision_features is None)
     if config.use_vision and vision_features is None:
         vision_features = compute_features(config, data, backbone, device=device, log=log)
     # torch RNG is reseeded after backbone/feature work so model init depends on the seed only
     seed_everything(config.seed)
     model = TimesCLIP(config, n_variates=len(data.bands), backbone=backbone).to(device)
     params = count_parameters(model)
-    if config.use_vision and backbone.vision is not None:
-        vis = sum(p.numel() for p in backbone.vision.parameters())
+    if config.use_vision:  # the frozen vision tower belongs in every parameter count
+        vis = vision_tower_size(backbone)
         params = {"total": params["total"] + vis, "trainable": params["trainable"],
                   "frozen": params["frozen"] + vis}
 

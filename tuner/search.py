@@ -7,6 +7,7 @@ storage) is checked before Ray starts, and reported as one line with exit code 2
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import socket
@@ -226,10 +227,12 @@ def run(args: argparse.Namespace) -> int:
         if space.kind != "ablation":
             raise UserError("--seeds applies to an ablation space; a search varies --seed")
         try:
-            space.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+            seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
         except ValueError:
             raise UserError(f"--seeds must be comma-separated integers, got {args.seeds!r}"
                             ) from None
+        space = dataclasses.replace(space, seeds=seeds, budget=dataclasses.replace(
+            space.budget, num_samples=len(space.arms) * len(seeds)))
     base = resolve_base_config(args, space)
     budget = resolve_budget(args, space)
     resources = resolve_resources(args, space)
@@ -302,6 +305,7 @@ def _search(args: argparse.Namespace, space: Any, base: TrainConfig, budget: dic
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
+    from timesclip.train import feature_key
     from tuner.progress import TrialProgress
     from tuner.trainable import train_trial
 
@@ -329,7 +333,7 @@ def _search(args: argparse.Namespace, space: Any, base: TrainConfig, budget: dic
     features = _shared_features(base, data, resources)
     setup = {"kind": space.kind, "space": space, "base_config": base.to_dict(),
              "max_epochs": budget["max_epochs"], "cpus_per_trial": resources["cpus_per_trial"],
-             "feature_key": _feature_key(base, data)}
+             "feature_key": feature_key(base, data)}
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, data=data, features=features, setup=setup),
         {"cpu": resources["cpus_per_trial"], "gpu": resources["gpus_per_trial"]})
@@ -421,12 +425,6 @@ def _searcher(space: Any, budget: dict[str, Any], seed: int, exp_dir: Path | Non
                             mode=budget["mode"], sampler=optuna.samplers.TPESampler(seed=seed),
                             study_name=name, storage=storage)
     return ConcurrencyLimiter(searcher, max_concurrent=budget["max_concurrent"])
-
-
-def _feature_key(base: TrainConfig, data: Any) -> str:
-    from timesclip.train import feature_key
-
-    return feature_key(base, data)
 
 
 def _shared_features(base: TrainConfig, data: Any, resources: dict[str, float]):

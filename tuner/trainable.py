@@ -21,11 +21,25 @@ from ray import tune
 
 from timesclip.config import TrainConfig, apply_ablation
 from timesclip.data import DataBundle
+from timesclip.model import Backbone, load_backbone
 from timesclip.train import FitResult, feature_key, fit
 
 #: Names of the files a trial writes next to Ray's own (read by tuner.results).
 TRAIN_CONFIG_FILE = "train_config.yaml"
 FINAL_FILE = "final.json"
+
+#: The last backbone this worker process loaded. Workers are reused between trials
+#: (reuse_actors), and reloading CLIP from disk for every trial is wasted set-up; sharing is
+#: safe because fit() copies the text encoder into each model and never alters the backbone.
+_BACKBONE_CACHE: dict[tuple[str, bool], Backbone] = {}
+
+
+def _cached_backbone(name: str, need_vision: bool) -> Backbone:
+    key = (name, need_vision)
+    if key not in _BACKBONE_CACHE:
+        _BACKBONE_CACHE.clear()  # one backbone per process: never hold two CLIP copies
+        _BACKBONE_CACHE[key] = load_backbone(name, need_vision=need_vision)
+    return _BACKBONE_CACHE[key]
 
 
 def resolve_trial_config(trial_params: dict[str, Any], setup: dict[str, Any]) -> TrainConfig:
@@ -76,6 +90,8 @@ def train_trial(trial_params: dict[str, Any], *, data: DataBundle,
 
         result = fit(config, data, report=report, checkpoint_dir=work / "ckpt",
                      resume_from=resume_from, vision_features=features,
+                     backbone=_cached_backbone(config.backbone,
+                                               config.use_vision and features is None),
                      evaluate_test=setup["kind"] == "ablation", tb_dir=trial_dir / "tb")
         _write_final(trial_dir / FINAL_FILE, result, config, trial_params)
         for metrics, checkpoint_dir in held:
