@@ -1,14 +1,16 @@
 """Turn a stored search experiment into a report: trials table, summary, best config, ablation.
 
-`python -m tuner.results STORAGE/NAME` (or `build_report(path)`) reads only what is on disk:
-Ray's experiment state (through `ray.tune.ExperimentAnalysis`, no running cluster needed),
-each trial's `result.json` / `train_config.yaml` / `final.json` / `error.txt`, and the
-`search_meta.json` that `tuner.search` writes before it starts. It therefore works just as
-well for an experiment that was interrupted half-way (trials still RUNNING or PENDING in the
-state file, trials without results, no `best_test.json`).
+`python -m tuner.results STORAGE/NAME` (or `build_report(path)`) reads plain files only:
+`search_meta.json`, the journal (`journal.jsonl`: every trial, epoch, decision and ending,
+see `tuner.journal`), each trial's `train_config.yaml` / `final.json`, and
+`best_test.json`. Nothing is unpickled, so a copied or downloaded experiment folder is safe
+to report on, and no Ray or running cluster is needed. An interrupted experiment reports
+just as well (trials still unfinished, no `best_test.json`).
 
-Selection uses validation metrics only; the test split appears solely where it was evaluated
-once for an exported configuration (`best_test.json`) or for the fixed ablation arms.
+Selection uses validation metrics only (`tuner.journal.select_best`, the one notion of
+"best" that the search also exports and scores); the test split appears solely where it was
+evaluated once for the exported configuration (`best_test.json`) or for the fixed ablation
+arms.
 
 Output (CONTRACT), written all-or-nothing into STORAGE/NAME/report/:
 trials.csv, trials.parquet, summary.md, best_config.yaml; the ablation kind adds
@@ -18,10 +20,8 @@ ablation.csv and ablation.md (and skips best_config.yaml: its arms are not a sea
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -38,6 +38,21 @@ import yaml
 from timesclip.cli_args import OneLineErrorParser
 from timesclip.config import ABLATION_MEANINGS, ABLATIONS, TrainConfig
 from timesclip.errors import ConfigError, UserError
+from tuner.journal import (
+    DIVERGED,
+    ERROR,
+    JOURNAL_FILE,
+    PENDING,
+    RUNNING,
+    TERMINATED,
+    TRIALS_DIR,
+    ExperimentState,
+    TrialState,
+    _clip,
+    best_value,
+    load_state,
+)
+from tuner.journal import select_best as select_best_trial
 
 META_FILE = "search_meta.json"
 BEST_TEST_FILE = "best_test.json"
@@ -45,21 +60,19 @@ REPORT_DIR = "report"
 # Files a trial writes next to Ray's own (see tuner/trainable.py).
 TRAIN_CONFIG_FILE = "train_config.yaml"
 FINAL_FILE = "final.json"
-RESULT_FILE = "result.json"
-ERROR_FILE = "error.txt"
 
 #: Columns every trials table has, in this order (CONTRACT) — followed by extras and config.*.
 CONTRACT_COLUMNS = ["trial_id", "status", "epochs_run", "best_val_rmse", "last_val_rmse",
                     "wall_seconds", "error"]
 #: Further columns, after the CONTRACT ones and before config.<field>.
-EXTRA_COLUMNS = ["stopped_by", "best_epoch", "best_val_mae", "best_val_r2", "best_val_mape",
+EXTRA_COLUMNS = ["stopped_by", "node", "best_epoch", "best_val_mae", "best_val_r2", "best_val_mape",
                  "best_val_loss", "test_rmse", "test_mae", "test_r2", "test_mape",
                  "params_total", "params_trainable", "params_frozen", "train_seconds",
-                 "backbone", "num_failures", "trial_dir"]
+                 "backbone", "num_failures", "retry_errors", "trial_dir"]
 METRICS = ("rmse", "mae", "r2", "mape")
 ABLATION_SWITCHES = ("use_vision", "use_contrastive", "use_variate_selection",
                      "language_backbone")
-UNFINISHED = ("RUNNING", "PENDING", "PAUSED")
+UNFINISHED = (RUNNING, PENDING)
 
 Echo = Callable[[str], Any]
 
@@ -90,15 +103,19 @@ class TrialRecord:
     """Everything stored about one trial, read once and then tabulated."""
 
     trial_id: str
-    status: str  # Ray's trial status, RUNNING kept as written in the state file
+    status: str  # TERMINATED | DIVERGED | ERROR | RUNNING | PENDING (tuner.journal)
     trial_dir: Path
-    params: dict[str, Any]  # Ray's trial config (the sampled values / ablation arm + seed)
-    history: pd.DataFrame  # one row per reported epoch (deduplicated, sorted by epoch)
+    params: dict[str, Any]  # the sampled values (ablation: arm + seed), as journaled
+    history: pd.DataFrame  # one row per journaled epoch, sorted by epoch
     train_config: dict[str, Any] | None  # train_config.yaml, None if the trial never started
     final: dict[str, Any] | None  # final.json, None unless fit() returned
-    error: str  # short error line ("" unless status is ERROR)
-    num_failures: int
-    wall_seconds: float  # Ray's time_total_s of the last report
+    error: str  # short error line ("" unless status is ERROR or DIVERGED)
+    num_failures: int  # infrastructure failures Ray retried
+    wall_seconds: float  # summed over driver runs
+    stopped_by: str = "unfinished"
+    node: str = ""
+    retries: list[str] = field(default_factory=list)
+    state: TrialState | None = None
 
 
 # ---------------------------------------------------------------------------------- reading
@@ -137,150 +154,34 @@ def _read_yaml(path: Path) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def read_history(path: Path) -> pd.DataFrame:
-    """Ray's result.json (one JSON object per line) as a frame, one row per epoch.
-
-    A line cut off by an interrupted write is skipped. When Ray restarted a trial from a
-    checkpoint the same epoch can be reported twice: the later report wins.
-    """
-    rows = []
-    try:
-        text = path.read_text()
-    except OSError:
-        text = ""
-    for line in text.splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict):
-            rows.append({k: v for k, v in row.items() if not isinstance(v, (dict, list))})
-    frame = pd.DataFrame(rows)
-    if frame.empty:
-        return frame
-    key = "epoch" if "epoch" in frame else "training_iteration"
-    if key in frame:
-        frame = frame.drop_duplicates(subset=key, keep="last").sort_values(key, kind="stable")
-    return frame.reset_index(drop=True)
+def history_frame(trial: TrialState) -> pd.DataFrame:
+    """The journaled epochs of one trial, one row per epoch, sorted."""
+    rows = [{**metrics, "epoch": epoch} for epoch, metrics in sorted(trial.history.items())]
+    return pd.DataFrame(rows)
 
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-# An exception line as Python prints it: starts in column 0, dotted name, then ": msg" or EOL.
-_EXC_LINE = re.compile(r"^([A-Za-z_][\w.]*)(?::\s(.*))?$")
-_EXC_NAME_HINT = re.compile(r"(Error|Exception|Interrupt|Exit|Failure|Warning)$")
-_MAX_ERROR = 300
-
-
-def summarize_error(text: str) -> str:
-    """One short line from Ray's error.txt: the exception(s) with their messages.
-
-    error.txt holds "Failure # N (occurred at ...)" blocks, each a Ray-wrapped traceback.
-    The user's exception is the first exception line of the last block; if Ray itself then
-    failed while handling it (e.g. copying an exception whose __init__ takes extra arguments
-    fails with TypeError), the last exception line differs and is appended after " -> ".
-    """
-    text = _ANSI.sub("", text)
-    blocks = re.split(r"^Failure # \d+.*$", text, flags=re.MULTILINE)
-    block = next((b for b in reversed(blocks) if b.strip()), "")
-    lines = block.splitlines()
-    found: list[str] = []
-    i = 0
-    while i < len(lines):
-        line = lines[i]
-        match = _EXC_LINE.match(line)
-        name = match.group(1) if match else ""
-        if match and _EXC_NAME_HINT.search(name) and not name.endswith("StartTraceback"):
-            message = [match.group(2) or ""]
-            # A multi-line message continues in column 0 until a blank line.
-            j = i + 1
-            while j < len(lines) and lines[j].strip() and not lines[j].startswith(" "):
-                if lines[j].startswith(("The above exception", "During handling", "ray::")):
-                    break
-                message.append(lines[j].strip())
-                j += 1
-            short = name.rsplit(".", 1)[-1]
-            joined = " ".join(m for m in message if m).strip()
-            found.append(f"{short}: {joined}" if joined else short)
-            i = j
-            continue
-        i += 1
-    if not found:
-        first = next((ln.strip() for ln in lines if ln.strip() and not ln.startswith(" ")), "")
-        return _clip(first or "failed (error.txt has no exception line)")
-    summary = found[0] if found[0] == found[-1] else f"{found[0]} -> {found[-1]}"
-    return _clip(summary)
-
-
-def _clip(text: str, limit: int = _MAX_ERROR) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _raw_statuses(experiment_dir: Path) -> dict[str, str]:
-    """trial_id -> status exactly as written in the newest experiment_state file.
-
-    Ray's loader turns RUNNING into PENDING (ready to resume); for a report of an
-    interrupted search the stored RUNNING is the truth, so it is read here directly.
-    """
-    states = sorted(experiment_dir.glob("experiment_state-*.json"))
-    if not states:
-        return {}
-    try:
-        data = json.loads(states[-1].read_text())
-        out = {}
-        for entry in data.get("trial_data", []):
-            state = json.loads(entry[0])
-            out[str(state["trial_id"])] = str(state["status"])
-        return out
-    except (OSError, ValueError, KeyError, IndexError, TypeError):
-        return {}
-
-
-def load_trials(experiment_dir: Path) -> list[TrialRecord]:
-    """Every trial of Ray's experiment state, with the files it left in its directory."""
-    from ray.tune import ExperimentAnalysis  # heavy import, only when reading trials
-
-    # Ray warns when a trial's result.json is missing (normal for an interrupted search);
-    # the files are read and judged below, so its warning would only be noise here.
-    ea_logger = logging.getLogger("ray.tune.analysis.experiment_analysis")
-    level = ea_logger.level
-    ea_logger.setLevel(logging.ERROR)
-    try:
-        analysis = ExperimentAnalysis(str(experiment_dir))
-    except ValueError as exc:
-        if "experiment snapshot" not in str(exc) and "No experiment" not in str(exc):
-            raise
-        raise UserError(f"{experiment_dir} has no Ray experiment state yet (the search was "
-                        "stopped before its first trial was recorded): rerun tuner.search "
-                        "with --resume or start it again") from None
-    finally:
-        ea_logger.setLevel(level)
-    raw = _raw_statuses(experiment_dir)
+def load_trials(experiment_dir: Path, state: ExperimentState | None = None
+                ) -> list[TrialRecord]:
+    """Every trial of the journal, with the files it left in its folder."""
+    if state is None:
+        state = load_state(experiment_dir)
+    if not state.trials and not (experiment_dir / JOURNAL_FILE).exists():
+        raise UserError(f"{experiment_dir} has no {JOURNAL_FILE} yet (the search was stopped "
+                        "before its first trial was recorded): rerun tuner.search with "
+                        "--resume or start it again")
     records = []
-    for trial in analysis.trials:
-        # trial.path is the storage copy (re-pointed by Ray to where the experiment lives
-        # now); trial.local_path would need ray.init(), so it is never touched here.
-        trial_dir = Path(trial.path)
-        status = raw.get(trial.trial_id, str(trial.status))
-        history = read_history(trial_dir / RESULT_FILE)
-        error = ""
-        if status == "ERROR":
-            text = trial.get_error() if trial.run_metadata.error_filename else None
-            if text is None and (trial_dir / ERROR_FILE).is_file():
-                text = (trial_dir / ERROR_FILE).read_text(errors="replace")
-            error = summarize_error(text) if text else "failed (no error.txt stored)"
-        wall = float("nan")
-        if "time_total_s" in history:
-            wall = float(history["time_total_s"].iloc[-1])
+    for trial in state.trials.values():
+        trial_dir = experiment_dir / TRIALS_DIR / trial.dirname
+        end = trial.end or {}
+        error = str(end.get("error") or "") if trial.status in (ERROR, DIVERGED) else ""
         records.append(TrialRecord(
-            trial_id=str(trial.trial_id), status=status, trial_dir=trial_dir,
-            params=dict(trial.config or {}), history=history,
+            trial_id=trial.tid, status=trial.status, trial_dir=trial_dir,
+            params=dict(trial.params), history=history_frame(trial),
             train_config=_read_yaml(trial_dir / TRAIN_CONFIG_FILE),
             final=_read_json(trial_dir / FINAL_FILE), error=error,
-            num_failures=int(trial.run_metadata.num_failures or 0), wall_seconds=wall))
+            num_failures=len(trial.retries), wall_seconds=trial.wall_seconds,
+            stopped_by=trial.stopped_by, node=trial.node or "",
+            retries=[r.get("error", "") for r in trial.retries], state=trial))
     return records
 
 
@@ -303,39 +204,25 @@ def _config_columns(meta: dict[str, Any]) -> list[str]:
     return names
 
 
-def _config_value(record: TrialRecord, name: str) -> Any:
-    """The value a trial ran with: its resolved TrainConfig first, the sampled params second."""
-    fields = set(TrainConfig.field_names())
-    if name in fields and record.train_config and name in record.train_config:
-        return record.train_config[name]
-    return record.params.get(name)
+def _config_value(record: TrialRecord, name: str, kind: str) -> Any:
+    """The value a trial sampled for `name`; empty when the parameter was not active in
+    this trial (e.g. temperature with the contrastive loss off). Ablation switches come
+    from the arm, i.e. the trial's resolved TrainConfig."""
+    if name in record.params:
+        return record.params[name]
+    if kind == "ablation" and name in ABLATION_SWITCHES and record.train_config:
+        return record.train_config.get(name)
+    return None
 
 
-def _stopped_by(record: TrialRecord, epochs_run: int, max_epochs: int | None) -> str:
-    """Why a trial ended: asha | early_stopping | completed | error | unfinished | no_results."""
-    if record.status == "ERROR":
-        return "error"
-    if record.status in UNFINISHED:
-        return "unfinished"
-    if record.final is not None:
-        return "early_stopping" if record.final.get("stopped_early") else "completed"
-    if epochs_run == 0:
-        return "no_results"
-    # ASHA stops a trial at max_t with the same STOP it uses for weak trials, before the
-    # trainable can write final.json: reaching max_epochs therefore still counts as completed.
-    if max_epochs is not None and epochs_run >= max_epochs:
-        return "completed"
-    return "asha"
-
-
-def _epochs_reported(history: pd.DataFrame) -> int:
-    """Highest epoch reported (Ray's training_iteration when no epoch field is present)."""
-    for key in ("epoch", "training_iteration"):
-        if key in history:
-            top = pd.to_numeric(history[key], errors="coerce").max()
-            if pd.notna(top):
-                return int(top)
-    return len(history)
+def _train_seconds(rec: TrialRecord) -> float:
+    """fit()'s training time when the trial finished, else the summed epoch times."""
+    final = rec.final or {}
+    if final.get("train_seconds") is not None:
+        return _num(final["train_seconds"])
+    if "time_this_iter_s" in rec.history:
+        return float(pd.to_numeric(rec.history["time_this_iter_s"], errors="coerce").sum())
+    return float("nan")
 
 
 def _best_row(history: pd.DataFrame, metric: str, mode: str) -> int | None:
@@ -365,20 +252,18 @@ def trials_table(records: Sequence[TrialRecord], meta: dict[str, Any]) -> pd.Dat
     max_epochs = budget.get("max_epochs")
     max_epochs = int(max_epochs) if max_epochs is not None else None
     config_names = _config_columns(meta)
+    kind = str(meta.get("kind", "search"))
     rows = []
     for rec in records:
         hist = rec.history
-        epochs_run = _epochs_reported(hist)
+        epochs_run = rec.state.epochs_run if rec.state is not None else len(hist)
         final = rec.final or {}
-        if epochs_run == 0 and final.get("epochs_run"):
-            epochs_run = int(final["epochs_run"])
         best = _best_row(hist, metric, mode)
         row: dict[str, Any] = {
             "trial_id": rec.trial_id, "status": rec.status, "epochs_run": epochs_run,
             "best_val_rmse": float("nan"), "last_val_rmse": float("nan"),
             "wall_seconds": rec.wall_seconds, "error": rec.error,
-            "stopped_by": _stopped_by(rec, epochs_run, max_epochs),
-            "best_epoch": pd.NA,
+            "stopped_by": rec.stopped_by, "node": rec.node, "best_epoch": pd.NA,
         }
         for name in ("val_rmse", "val_mae", "val_r2", "val_mape", "val_loss"):
             row[f"best_{name}"] = float("nan")
@@ -386,11 +271,7 @@ def trials_table(records: Sequence[TrialRecord], meta: dict[str, Any]) -> pd.Dat
             for name in ("val_rmse", "val_mae", "val_r2", "val_mape", "val_loss"):
                 if name in hist:
                     row[f"best_{name}"] = _num(hist[name].iloc[best])
-            if "epoch" in hist:
-                row["best_epoch"] = int(hist["epoch"].iloc[best])
-        elif final.get("best_val_rmse") is not None:  # results missing, final.json present
-            row["best_val_rmse"] = _num(final["best_val_rmse"])
-            row["best_epoch"] = final.get("best_epoch", pd.NA)
+            row["best_epoch"] = int(hist["epoch"].iloc[best])
         if metric not in ("val_rmse", "val_mae", "val_r2", "val_mape", "val_loss"):
             row[f"best_{metric}"] = _num(hist[metric].iloc[best]) if best is not None \
                 else float("nan")
@@ -402,14 +283,18 @@ def trials_table(records: Sequence[TrialRecord], meta: dict[str, Any]) -> pd.Dat
         params = final.get("params") or {}
         for name in ("total", "trainable", "frozen"):
             value = params.get(name)
-            row[f"params_{name}"] = int(value) if value is not None else pd.NA
-        row["train_seconds"] = _num(final.get("train_seconds"))
+            if value is None and f"params_{name}" in hist:
+                value = hist[f"params_{name}"].iloc[-1]
+            row[f"params_{name}"] = int(value) if value is not None and not _is_nan(value) \
+                else pd.NA
+        row["train_seconds"] = _train_seconds(rec)
         row["backbone"] = str((rec.train_config or {}).get("backbone")
                               or final.get("backbone") or meta.get("backbone") or "")
         row["num_failures"] = rec.num_failures
+        row["retry_errors"] = " | ".join(rec.retries)
         row["trial_dir"] = rec.trial_dir.name
         for name in config_names:
-            row[f"config.{name}"] = _scalar(_config_value(rec, name))
+            row[f"config.{name}"] = _scalar(_config_value(rec, name, kind))
         rows.append(row)
 
     extras = list(EXTRA_COLUMNS)
@@ -417,11 +302,15 @@ def trials_table(records: Sequence[TrialRecord], meta: dict[str, Any]) -> pd.Dat
         extras.insert(extras.index("best_val_loss") + 1, f"best_{metric}")
     columns = CONTRACT_COLUMNS + extras + [f"config.{n}" for n in config_names]
     frame = _tidy_types(pd.DataFrame(rows, columns=columns))
+    # Best first among the trials selection may pick (ended normally), then the others: the
+    # first row is the trial tuner.journal.select_best exports.
     sort_col = f"best_{metric}" if f"best_{metric}" in frame else "best_val_rmse"
     key = pd.to_numeric(frame[sort_col], errors="coerce").astype(float)
-    frame = frame.assign(_key=key if mode == "min" else -key, _id=frame["trial_id"].astype(str))
-    frame = frame.sort_values(["_key", "_id"], na_position="last", kind="stable")
-    return frame.drop(columns=["_key", "_id"]).reset_index(drop=True)
+    frame = frame.assign(_eligible=(frame["status"] != TERMINATED).astype(int),
+                         _key=key if mode == "min" else -key,
+                         _id=frame["trial_id"].astype(str))
+    frame = frame.sort_values(["_eligible", "_key", "_id"], na_position="last", kind="stable")
+    return frame.drop(columns=["_eligible", "_key", "_id"]).reset_index(drop=True)
 
 
 def _tidy_types(frame: pd.DataFrame) -> pd.DataFrame:
@@ -432,7 +321,8 @@ def _tidy_types(frame: pd.DataFrame) -> pd.DataFrame:
     for col in ("epochs_run", "num_failures"):
         if col in frame:
             frame[col] = frame[col].astype("int64")
-    for col in ("trial_id", "status", "error", "stopped_by", "backbone", "trial_dir"):
+    for col in ("trial_id", "status", "error", "stopped_by", "node", "backbone",
+                "retry_errors", "trial_dir"):
         if col in frame:
             frame[col] = frame[col].fillna("").astype(str)
     for col in [c for c in frame.columns if c.startswith("config.")]:
@@ -615,8 +505,11 @@ def _rung_table(trials: pd.DataFrame, budget: dict[str, Any]) -> str:
 def write_summary(path: Path, meta: dict[str, Any], trials: pd.DataFrame,
                   best: dict[str, Any] | None, best_test: dict[str, Any] | None,
                   notes: Sequence[str], ablation: pd.DataFrame | None,
-                  references: list[Any] | None = None) -> None:
+                  references: list[Any] | None = None, *,
+                  progress: dict[str, Any] | None = None,
+                  state: ExperimentState | None = None) -> None:
     """summary.md: what ran, on which backbone and data, how it ended, and what won."""
+    progress = progress or {}
     kind = meta.get("kind", "search")
     metric, mode = meta.get("metric", "val_rmse"), meta.get("mode", "min")
     budget = meta.get("budget") or {}
@@ -628,6 +521,13 @@ def write_summary(path: Path, meta: dict[str, Any], trials: pd.DataFrame,
             f"- selection: {metric} ({mode}) on the validation split; the test split is "
             "never used to choose",
             "- budget: " + ", ".join(f"{k}={v}" for k, v in budget.items()),
+            f"- search: {meta.get('searcher', 'tpe')} sampler, "
+            f"{meta.get('scheduler', 'asha')} scheduler, seed {meta.get('seed', '?')}",
+            f"- wall time: {fmt(progress.get('wall_seconds'), 4)} s over "
+            f"{progress.get('drivers', 1)} driver run(s)"
+            + (f"; {progress.get('interruptions')} interrupted ("
+               + ", ".join(str(s) for s in progress.get("signals") or []) + ") and resumed"
+               if progress.get("interruptions") else ""),
             "- resources per trial: " + ", ".join(
                 f"{k}={v}" for k, v in (meta.get("resources") or {}).items()),
             "- versions: " + ", ".join(
@@ -641,10 +541,11 @@ def write_summary(path: Path, meta: dict[str, Any], trials: pd.DataFrame,
                               + [["total", len(trials)]]))
     stop_counts = trials["stopped_by"].value_counts().sort_index()
     out += ["", markdown_table(["ended by", "trials"], list(stop_counts.items())), ""]
-    unfinished = int(trials["status"].isin(UNFINISHED).sum())
-    if unfinished:
-        out += [f"**Interrupted:** {unfinished} trial(s) never finished; resume with "
-                "`python -m tuner.search ... --resume` (same --storage and --name).", ""]
+    if progress and not progress.get("finished", True):
+        out += [f"**interrupted: {progress['ended']} of {progress['total']} trials "
+                "finished.** Continue with the same command plus `--resume` (same "
+                "--storage and --name); no best configuration is exported and the test "
+                "split is not touched until every trial has finished.", ""]
 
     out += ["## ASHA rungs", "",
             "How many trials ended after each number of epochs (rungs = grace_period x "
@@ -660,10 +561,20 @@ def write_summary(path: Path, meta: dict[str, Any], trials: pd.DataFrame,
          for i, (_, r) in enumerate(top.iterrows())]))
     out.append("")
 
-    failed = trials[trials["status"] == "ERROR"]
-    out += [f"## Failures ({len(failed)})", ""]
-    out += [f"- `{r['trial_id']}` after {r['epochs_run']} epoch(s): {r['error']}"
-            for _, r in failed.iterrows()] or ["none"]
+    failed = trials[trials["status"].isin([ERROR, DIVERGED])]
+    out += [f"## Failures ({len(failed)})", "",
+            "Diverged trials (a non-finite loss: a property of the sampled configuration) "
+            "are not retried; failed ones exhausted --max-failures.", ""]
+    out += [f"- `{r['trial_id']}` ({r['status'].lower()}) after {r['epochs_run']} "
+            f"epoch(s): {r['error']}" for _, r in failed.iterrows()] or ["none"]
+    out.append("")
+    retried = trials[trials["num_failures"] > 0]
+    out += [f"## Retried trials ({len(retried)})", "",
+            "Infrastructure failures (a lost node, a killed worker) retried from the "
+            "trial's last checkpoint.", ""]
+    out += [f"- `{r['trial_id']}` retried {r['num_failures']}x (last on node "
+            f"{r['node'] or '?'}): {r['retry_errors']}" for _, r in retried.iterrows()] \
+        or ["none"]
     out.append("")
 
     if kind == "ablation":
@@ -751,22 +662,21 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def select_best(trials: pd.DataFrame, records: dict[str, TrialRecord],
+def select_best(state: ExperimentState, records: dict[str, TrialRecord],
                 meta: dict[str, Any]) -> dict[str, Any] | None:
-    """Best trial with a finite metric and a stored train_config.yaml (table is sorted).
-
-    Trials that raised are skipped: a configuration that diverged (non-finite loss) or
-    crashed is not one to recommend, however good its last validation score looked.
-    """
-    metric = str(meta.get("metric", "val_rmse"))
-    col = f"best_{metric}" if f"best_{metric}" in trials else "best_val_rmse"
-    for _, row in trials.iterrows():
-        value = _num(row[col])
-        rec = records[row["trial_id"]]
-        if math.isfinite(value) and rec.train_config is not None and rec.status != "ERROR":
-            return {"trial_id": row["trial_id"], "value": value, "epoch": row["best_epoch"],
-                    "metric": metric, "record": rec}
-    return None
+    """The trial to export: `tuner.journal.select_best` (the search's own choice: ended
+    normally, best validation value over epochs; never errored, diverged or unfinished
+    trials, never a test metric), provided its train_config.yaml is stored."""
+    metric, mode = str(meta.get("metric", "val_rmse")), str(meta.get("mode", "min"))
+    trial = select_best_trial(state, metric, mode)
+    if trial is None:
+        return None
+    rec = records[trial.tid]
+    value, epoch = best_value(trial.history, metric, mode)
+    if rec.train_config is None:
+        return None
+    return {"trial_id": trial.tid, "value": value, "epoch": epoch, "metric": metric,
+            "record": rec}
 
 
 def export_best_config(path: Path, best: dict[str, Any], meta: dict[str, Any],
@@ -816,14 +726,22 @@ def build_report(experiment_dir: str | Path, *, data_bundle: Any | None = None,
         raise UserError(f"{raw}: only local experiment directories can be read; copy it to "
                         "local disk first (e.g. `aws s3 sync`, `gsutil rsync`)")
     raw = raw.removeprefix("file://")
-    exp_dir = Path(raw).expanduser().resolve()  # Ray's reader needs an absolute path
+    exp_dir = Path(raw).expanduser().resolve()
     meta = load_meta(exp_dir)
-    records = load_trials(exp_dir)
+    state = load_state(exp_dir)
+    records = load_trials(exp_dir, state)
     by_id = {r.trial_id: r for r in records}
     trials = trials_table(records, meta)
     best_test = _read_json(exp_dir / BEST_TEST_FILE)
     kind = meta.get("kind", "search")
     notes: list[str] = []
+    total = int((meta.get("budget") or {}).get("num_samples") or len(records))
+    finished = len(state.ended) >= total and not state.unfinished
+    progress = {"ended": len(state.ended), "total": total, "finished": finished,
+                "wall_seconds": state.wall_seconds, "drivers": len(state.segments),
+                "interruptions": state.interruptions,
+                "signals": [s.signal or s.how for s in state.segments.values()
+                            if s.how != "finished"]}
 
     ablation, references = None, None
     if kind == "ablation":
@@ -840,9 +758,14 @@ def build_report(experiment_dir: str | Path, *, data_bundle: Any | None = None,
             references, reason = reference_results(meta, data_bundle)
             if references is None:
                 notes.append(f"reference baselines unavailable: {reason}")
-        best = select_best(trials, by_id, meta)
-        if best is None:
-            notes.append(f"best_config.yaml not written: no trial without an error has "
+        best = select_best(state, by_id, meta)
+        if not finished:
+            notes.append(f"best_config.yaml not written: the search is interrupted "
+                         f"({len(state.ended)} of {total} trials finished); continue it with "
+                         "--resume")
+            best = None
+        elif best is None:
+            notes.append(f"best_config.yaml not written: no trial ended normally with "
                          f"both a finite {meta.get('metric', 'val_rmse')} and a stored "
                          f"{TRAIN_CONFIG_FILE}")
 
@@ -861,7 +784,8 @@ def build_report(experiment_dir: str | Path, *, data_bundle: Any | None = None,
             ablation.to_csv(tmp_dir / "ablation.csv", index=False)
             write_ablation_md(tmp_dir / "ablation.md", meta, ablation)
         write_summary(tmp_dir / "summary.md", meta, trials, best, best_test, notes, ablation,
-                      references if kind != "ablation" else None)
+                      references if kind != "ablation" else None, progress=progress,
+                      state=state)
         _swap_in(tmp_dir, final_dir)
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
@@ -936,7 +860,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 __all__ = ["CONTRACT_COLUMNS", "ReportPaths", "TrialRecord", "ablation_table", "asha_rungs",
            "build_report", "load_meta", "load_trials", "main", "markdown_table",
-           "read_history", "summarize_error", "trials_table"]
+           "select_best", "trials_table"]
 
 
 if __name__ == "__main__":

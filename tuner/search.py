@@ -10,6 +10,9 @@ import argparse
 import dataclasses
 import json
 import os
+import re
+import shlex
+import signal
 import socket
 import sys
 import time
@@ -25,6 +28,10 @@ from timesclip.errors import ConfigError, UserError
 META_FILE = "search_meta.json"
 BEST_TEST_FILE = "best_test.json"
 REUSE_ACTORS = os.environ.get("TIMESCLIP_REUSE_ACTORS", "1") == "1"
+#: Retries of an infrastructure failure: one lost node kills every trial on it once, and a
+#: retried trial may land on a second failing node before the cluster settles.
+DEFAULT_MAX_FAILURES = 2
+EXIT_SIGINT, EXIT_SIGTERM = 130, 143
 
 
 def _print(msg: str) -> None:
@@ -60,9 +67,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ASHA keeps the top 1/R of trials at each rung")
     b.add_argument("--max-concurrent", type=int, metavar="K",
                    help="trials running at once (Optuna suggests from K completed/running)")
-    b.add_argument("--max-failures", type=int, default=0, metavar="N",
-                   help="retries of a failed trial, resumed from its last checkpoint "
-                        "(useful with preemptible nodes)")
+    b.add_argument("--max-failures", type=int, default=DEFAULT_MAX_FAILURES, metavar="N",
+                   help="retries of a trial whose worker failed (a lost node, an OOM-killed "
+                        "process), each from its last checkpoint (default "
+                        f"{DEFAULT_MAX_FAILURES}); a diverged trial (non-finite loss) is "
+                        "never retried")
+    b.add_argument("--searcher", choices=("tpe", "random"), default="tpe",
+                   help="Optuna sampler: tpe (TPESampler, default) or random "
+                        "(RandomSampler); both seeded by --seed, same space")
+    b.add_argument("--scheduler", choices=("asha", "fifo"), default="asha",
+                   help="asha (stop weak trials early, default) or fifo (every trial runs "
+                        "to --max-epochs or its own early stopping)")
     r = p.add_argument_group("resources and cluster")
     r.add_argument("--gpus-per-trial", type=float, metavar="F",
                    help="GPUs per trial; fractions share a GPU (0.25 = four trials per GPU)")
@@ -73,17 +88,20 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--num-cpus", type=int, metavar="N",
                    help="CPUs of the local Ray instance (default: all)")
     o = p.add_argument_group("output")
-    o.add_argument("--storage", default="runs", metavar="DIR|URI",
-                   help="where experiments are stored (a directory, or a URI such as "
-                        "s3://bucket/path that every node can reach)")
-    o.add_argument("--name", metavar="NAME", help="experiment name (default: SPACE-<time>)")
+    o.add_argument("--storage", default="runs", metavar="DIR",
+                   help="where experiments are stored (default: runs); on a cluster a "
+                        "filesystem every node mounts at the same path")
+    o.add_argument("--name", metavar="NAME", help="experiment name, one path component "
+                   "(default: SPACE-<time>)")
     o.add_argument("--seed", type=int, default=0, metavar="S",
                    help="seed of the Optuna sampler and of every trial's training")
     o.add_argument("--seeds", metavar="S,S,...",
                    help="ablation space only: training seeds of every arm (default: the "
                         "space's seeds)")
     o.add_argument("--resume", action="store_true",
-                   help="continue the interrupted experiment STORAGE/NAME")
+                   help="continue the interrupted experiment STORAGE/NAME with the flags it "
+                        "was started with: finished trials are kept, unfinished ones "
+                        "continue from their last checkpoint, ASHA keeps its records")
     return p
 
 
@@ -103,19 +121,30 @@ def resolve_base_config(args: argparse.Namespace, space: Any) -> TrainConfig:
 
 def resolve_budget(args: argparse.Namespace, space: Any) -> dict[str, Any]:
     bud = space.budget
+
+    if space.kind == "ablation":
+        for flag in ("num_samples", "grace_period", "reduction_factor"):
+            if getattr(args, flag) is not None:
+                raise ConfigError(f"--{flag.replace('_', '-')} does not apply to an ablation "
+                                  "space (every arm x seed runs to --max-epochs); drop it or "
+                                  "use --seeds")
+
+    def pick(flag: Any, default: Any) -> Any:  # 0 is a value (an error below), not "unset"
+        return default if flag is None else flag
+
     budget = {
-        "num_samples": args.num_samples or bud.num_samples,
-        "max_epochs": args.max_epochs or bud.max_epochs,
-        "grace_period": args.grace_period or bud.grace_period,
-        "reduction_factor": args.reduction_factor or bud.reduction_factor,
-        "max_concurrent": args.max_concurrent or bud.max_concurrent,
+        "num_samples": pick(args.num_samples, bud.num_samples),
+        "max_epochs": pick(args.max_epochs, bud.max_epochs),
+        "grace_period": pick(args.grace_period, bud.grace_period),
+        "reduction_factor": pick(args.reduction_factor, bud.reduction_factor),
+        "max_concurrent": pick(args.max_concurrent, bud.max_concurrent),
         "metric": bud.metric, "mode": bud.mode,
     }
-    if space.kind == "ablation":
-        budget["grace_period"] = budget["max_epochs"]  # every arm to full budget
     for key in ("num_samples", "max_epochs", "grace_period", "max_concurrent"):
         if budget[key] < 1:
             raise ConfigError(f"--{key.replace('_', '-')} must be >= 1, got {budget[key]}")
+    if space.kind == "ablation":
+        budget["grace_period"] = budget["max_epochs"]  # every arm to full budget
     if budget["grace_period"] > budget["max_epochs"]:
         raise ConfigError(f"--grace-period ({budget['grace_period']}) must be <= --max-epochs "
                           f"({budget['max_epochs']})")
@@ -167,10 +196,15 @@ def _local_cluster_file() -> bool:
         return True
 
 
-def resolve_storage(storage: str) -> tuple[str, Path | None]:
-    """(storage path for Ray, local directory or None for a remote URI)."""
+def resolve_storage(storage: str) -> Path:
+    """The local (or shared, mounted) directory that holds experiments.
+
+    The journal needs appends that reach the disk (fsync) for crash consistency, which
+    object stores do not offer: a bucket is used through a mount (s3fs, gcsfuse)."""
     if "://" in storage and not storage.startswith("file://"):
-        return storage, None
+        raise UserError(f"--storage {storage}: object-store URIs are not supported (the "
+                        "experiment journal needs a filesystem); pass a shared filesystem "
+                        "path, or mount the bucket (e.g. s3fs, gcsfuse) and pass the mount")
     local = Path(storage.removeprefix("file://")).expanduser().resolve()
     try:
         local.mkdir(parents=True, exist_ok=True)
@@ -180,7 +214,18 @@ def resolve_storage(storage: str) -> tuple[str, Path | None]:
     except OSError as exc:
         raise UserError(f"--storage {storage}: cannot write there ({exc.strerror or exc}); "
                         "pass a writable directory") from None
-    return str(local), local
+    return local
+
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def check_name(name: str) -> str:
+    """An experiment name is one path component: it may never leave --storage."""
+    if not _NAME.match(name) or name in (".", ".."):
+        raise UserError(f"--name {name!r}: use one path component of letters, digits, '.', "
+                        "'_' or '-' (no '/', no leading '.'), e.g. --name full-v1")
+    return name
 
 
 def fit_local_resources(resources: dict[str, float],
@@ -216,8 +261,70 @@ def versions() -> dict[str, str]:
             "optuna": optuna.__version__, "python": sys.version.split()[0]}
 
 
+# ---------------------------------------------------------------------------- signals
+class SearchInterrupted(Exception):
+    """SIGINT/SIGTERM arrived outside the trial loop (pre-flight, features, report)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class GracefulStop:
+    """SIGINT (Ctrl-C) and SIGTERM (what SLURM and Kubernetes send on preemption) stop the
+    search cleanly: inside the trial loop the first signal asks Tune to stop every trial
+    (each keeps the checkpoint of its last finished epoch) and the driver then saves its
+    bookkeeping; outside it, the signal unwinds the driver at once. A second signal exits
+    immediately, which is safe too: the journal is always consistent."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.in_loop = False
+        self.ledger: Any = None
+        self.received_at: float | None = None
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if self.signum is not None:
+            print(f"\n{name} again: exiting now (the journal is consistent; --resume "
+                  "continues)", file=sys.stderr, flush=True)
+            os._exit(exit_code(signum))
+        self.signum, self.received_at = signum, time.perf_counter()
+        if self.in_loop and self.ledger is not None:
+            self.ledger.interrupt_signal = signum
+            print(f"\n{name} received: stopping the trials (each keeps its last finished "
+                  "epoch) and saving the experiment; send it again to exit at once",
+                  file=sys.stderr, flush=True)
+            return
+        raise SearchInterrupted(signum)
+
+
+def exit_code(signum: int) -> int:
+    return EXIT_SIGTERM if signum == signal.SIGTERM else EXIT_SIGINT
+
+
+def resume_command(argv: Sequence[str], name: str) -> str:
+    """The command that continues this experiment: the same flags, the name, --resume."""
+    args = list(argv)
+    if not any(a == "--name" or a.startswith("--name=") for a in args):
+        args += ["--name", name]
+    if "--resume" not in args:
+        args.append("--resume")
+    return "python -m tuner.search " + " ".join(shlex.quote(a) for a in args)
+
+
 # ---------------------------------------------------------------------------- main
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, argv: Sequence[str], stop: GracefulStop) -> int:
     from timesclip.data import load_bundle
     from timesclip.model import check_backbone
     from tuner.spaces import load_space
@@ -233,53 +340,119 @@ def run(args: argparse.Namespace) -> int:
                             ) from None
         space = dataclasses.replace(space, seeds=seeds, budget=dataclasses.replace(
             space.budget, num_samples=len(space.arms) * len(seeds)))
+    if space.kind == "ablation" and (args.searcher != "tpe" or args.scheduler != "asha"):
+        raise UserError("--searcher/--scheduler do not apply to an ablation space (a fixed "
+                        "grid, every arm to --max-epochs); drop them")
     base = resolve_base_config(args, space)
     budget = resolve_budget(args, space)
     resources = resolve_resources(args, space)
-    storage_path, local_storage = resolve_storage(args.storage)
-    name = args.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    exp_dir = local_storage / name if local_storage is not None else None
-    if exp_dir is not None:
-        if args.resume and not (exp_dir / META_FILE).exists():
-            raise UserError(f"--resume: {exp_dir} is not an experiment of this tool; check "
-                            "--storage and --name")
-        if not args.resume and exp_dir.exists() and any(exp_dir.iterdir()):
-            raise UserError(f"experiment {exp_dir} already exists; pass --resume to continue "
-                            "it or choose another --name")
+    if args.max_failures < 0:
+        raise UserError(f"--max-failures must be >= 0, got {args.max_failures}")
+    storage = resolve_storage(args.storage)
+    name = check_name(args.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    exp_dir = storage / name
+    if args.resume and not (exp_dir / META_FILE).exists():
+        raise UserError(f"--resume: {exp_dir} is not an experiment of this tool; check "
+                        "--storage and --name")
+    if not args.resume and exp_dir.exists() and any(exp_dir.iterdir()):
+        raise UserError(f"experiment {exp_dir} already exists; pass --resume to continue "
+                        "it or choose another --name")
     data = load_bundle(base, args.data)
+    meta = search_meta(args, space, base, budget, resources, data, name)
+    if args.resume:
+        check_resume_meta(exp_dir, meta)
     check_backbone(base.backbone)
     check_address(args.address)
-    if args.address and local_storage is not None:
-        _print(f"note: --storage {local_storage} must be a filesystem every node mounts at "
-               "the same path (or use s3://...), or checkpoints stay on the workers' disks")
+    if args.address:
+        _print(f"note: --storage {storage} must be a filesystem every node mounts at the "
+               "same path, or checkpoints stay on the workers' disks")
     kind_line = (f"{len(space.arms)} arms x {len(space.seeds)} seeds, {budget['max_epochs']} "
                  "epochs each (no early stopping by ASHA)" if space.kind == "ablation" else
-                 f"{budget['num_samples']} trials, up to {budget['max_epochs']} epochs, ASHA "
-                 f"grace {budget['grace_period']} / factor {budget['reduction_factor']:g}")
-    _print(f"experiment {name} -> {exp_dir or storage_path.rstrip('/') + '/' + name}")
+                 f"{budget['num_samples']} trials, up to {budget['max_epochs']} epochs, "
+                 f"{args.searcher.upper()} + " + (
+                     f"ASHA grace {budget['grace_period']} / factor "
+                     f"{budget['reduction_factor']:g}" if args.scheduler == "asha" else "FIFO"))
+    _print(f"experiment {name} -> {exp_dir}")
     _print(f"space {space.name} ({space.kind}): {kind_line}")
     _print(f"data: {data.description}; train {len(data.train)}, val {len(data.val)}, "
            f"test {len(data.test)}")
     toy = " (random toy towers: numbers say nothing about pretrained CLIP)"
     _print(f"backbone: {base.backbone}{toy if base.backbone == 'tiny' else ''}")
 
-    import ray
+    if not args.resume:
+        exp_dir.mkdir(parents=True, exist_ok=True)
+        _write_json(exp_dir / META_FILE, meta)
+    from tuner.runner import Experiment
 
-    ray_start = time.perf_counter()
-    _init_ray(args)
-    _print(f"ray: ready in {time.perf_counter() - ray_start:.1f}s")
-    if not args.address:
-        resources = fit_local_resources(resources, ray.cluster_resources())
+    experiment = Experiment(args=args, argv=argv, space=space, base=base, budget=budget,
+                            resources=resources, data=data, exp_dir=exp_dir, name=name,
+                            stop=stop, echo=_print)
+    return experiment.run()
+
+
+def search_meta(args: argparse.Namespace, space: Any, base: TrainConfig,
+                budget: dict[str, Any], resources: dict[str, float], data: Any,
+                name: str) -> dict[str, Any]:
+    """search_meta.json: what this experiment is (read by --resume and tuner.results)."""
+    meta = {
+        "name": name, "space": space.name, "space_path": str(space.path), "kind": space.kind,
+        "metric": budget["metric"], "mode": budget["mode"], "backbone": base.backbone,
+        "data": {"paths": [str(Path(p).resolve()) for p in args.data] if args.data else None,
+                 "description": data.description, "fingerprint": data.fingerprint,
+                 "synthetic": data.synthetic, "bands": list(data.bands),
+                 "years": sorted({int(y) for s in ("train", "val", "test")
+                                  for y in getattr(getattr(data, s), "years", ())})},
+        "base_config": base.to_dict(),
+        "sampled_names": (["ablation", "seed"] if space.kind == "ablation"
+                          else space.sampled_names()),
+        "budget": {k: budget[k] for k in ("num_samples", "max_epochs", "grace_period",
+                                          "reduction_factor", "max_concurrent")},
+        "searcher": "grid" if space.kind == "ablation" else args.searcher,
+        "scheduler": "fifo" if space.kind == "ablation" else args.scheduler,
+        "seed": args.seed, "resources": resources, "versions": versions(),
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    if space.kind == "ablation":
+        meta["grid"] = space.ablation_grid()
+    return meta
+
+
+#: What must not change between the first run and a --resume of an experiment.
+_RESUME_KEYS = ("space", "kind", "metric", "mode", "backbone", "base_config", "budget",
+                "searcher", "scheduler", "seed", "sampled_names")
+
+
+def check_resume_meta(exp_dir: Path, meta: dict[str, Any]) -> None:
     try:
-        return _search(args, space, base, budget, resources, data, storage_path, exp_dir, name)
-    finally:
-        ray.shutdown()
+        stored = json.loads((exp_dir / META_FILE).read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"--resume: {exp_dir / META_FILE} is unreadable ({exc}); the "
+                        "experiment cannot be continued") from None
+    old_fp = (stored.get("data") or {}).get("fingerprint")
+    if old_fp != meta["data"]["fingerprint"]:
+        raise UserError(f"--resume: the data differ from the experiment's (fingerprint "
+                        f"{meta['data']['fingerprint']} now, {old_fp} stored); pass the same "
+                        "--data and data flags")
+    for key in _RESUME_KEYS:
+        if key in stored and stored[key] != meta[key]:
+            detail = key
+            if isinstance(stored[key], dict):
+                diff = sorted(k for k in set(stored[key]) | set(meta[key])
+                              if stored[key].get(k) != meta[key].get(k))
+                detail = f"{key} ({', '.join(diff[:4])})"
+            raise UserError(f"--resume: {detail} differs from the stored experiment; resume "
+                            f"with the flags it was started with (see {exp_dir / META_FILE})")
 
 
 def _init_ray(args: argparse.Namespace) -> None:
     import ray
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    # Our journal replaces Ray's result.json/progress.csv/TensorBoard loggers, and our own
+    # SIGINT/SIGTERM handling replaces Tune's (whose hint points at Tuner.restore).
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # no Ray status tables: tuner.progress prints
     # Checkpointing every epoch is intended (resume + ASHA); silence the "snapshotting too
     # often" advice it triggers on short CPU epochs.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -291,193 +464,15 @@ def _init_ray(args: argparse.Namespace) -> None:
                             f"{str(exc).splitlines()[0]}") from None
         _print(f"ray: joined cluster {args.address}; resources {ray.cluster_resources()}")
         return
-    context = ray.init(num_cpus=args.num_cpus, include_dashboard=True,
+    # No --address: always a new private instance, whatever RAY_ADDRESS or an address file
+    # of another cluster on this machine says.
+    os.environ.pop("RAY_ADDRESS", None)
+    context = ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=True,
                        dashboard_host="127.0.0.1", log_to_driver=True,
                        configure_logging=True, logging_level="warning")
     url = getattr(context, "dashboard_url", None)
     _print(f"ray: local instance, dashboard at http://{url}" if url else
            "ray: local instance (dashboard not available: install ray[default])")
-
-
-def _search(args: argparse.Namespace, space: Any, base: TrainConfig, budget: dict[str, Any],
-            resources: dict[str, float], data: Any, storage_path: str, exp_dir: Path | None,
-            name: str) -> int:
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-
-    from timesclip.train import feature_key
-    from tuner.progress import TrialProgress
-    from tuner.trainable import train_trial
-
-    if not args.resume:
-        meta = {
-            "name": name, "space": space.name, "space_path": str(space.path), "kind": space.kind,
-            "metric": budget["metric"], "mode": budget["mode"], "backbone": base.backbone,
-            "data": {"paths": [str(Path(p).resolve()) for p in args.data] if args.data else None,
-                     "description": data.description, "fingerprint": data.fingerprint,
-                     "synthetic": data.synthetic},
-            "base_config": base.to_dict(), "sampled_names": space.sampled_names(),
-            "budget": {k: budget[k] for k in ("num_samples", "max_epochs", "grace_period",
-                                              "reduction_factor", "max_concurrent")},
-            "resources": resources, "versions": versions(),
-            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
-        if space.kind == "ablation":
-            meta["sampled_names"] = ["ablation", "seed"]
-        if exp_dir is not None:
-            exp_dir.mkdir(parents=True, exist_ok=True)
-            _write_json(exp_dir / META_FILE, meta)
-        else:
-            _write_remote_json(f"{storage_path.rstrip('/')}/{name}/{META_FILE}", meta)
-
-    features = _shared_features(base, data, resources)
-    setup = {"kind": space.kind, "space": space, "base_config": base.to_dict(),
-             "max_epochs": budget["max_epochs"], "cpus_per_trial": resources["cpus_per_trial"],
-             "feature_key": feature_key(base, data)}
-    trainable = tune.with_resources(
-        tune.with_parameters(train_trial, data=data, features=features, setup=setup),
-        {"cpu": resources["cpus_per_trial"], "gpu": resources["gpus_per_trial"]})
-    run_config = tune.RunConfig(
-        name=name, storage_path=storage_path, verbose=0,
-        failure_config=tune.FailureConfig(max_failures=args.max_failures),
-        # Keep 3, not 1: after a crash the experiment snapshot may name a checkpoint one or
-        # two epochs older than the newest, and --resume restores from that one.
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=3),
-        # Trials write train_config.yaml, final.json and tb/ into their trial directory; on a
-        # multi-node cluster only artifact syncing brings those from the worker to storage.
-        sync_config=tune.SyncConfig(sync_artifacts=True),
-        callbacks=[TrialProgress(budget["metric"], budget["max_epochs"])])
-
-    started = time.perf_counter()
-    if args.resume:
-        path = str(exp_dir) if exp_dir is not None else f"{storage_path.rstrip('/')}/{name}"
-        _print(f"resuming {path}")
-        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True,
-                                   resume_errored=False)
-    elif space.kind == "ablation":
-        tuner = tune.Tuner(
-            trainable,
-            param_space={"ablation": tune.grid_search(list(space.arms)),
-                         "seed": tune.grid_search(list(space.seeds))},
-            tune_config=tune.TuneConfig(metric=budget["metric"], mode=budget["mode"],
-                                        scheduler=FIFOScheduler(),
-                                        max_concurrent_trials=budget["max_concurrent"],
-                                        reuse_actors=REUSE_ACTORS),
-            run_config=run_config)
-    else:
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(
-                metric=budget["metric"], mode=budget["mode"],
-                search_alg=_searcher(space, budget, args.seed, exp_dir, name),
-                scheduler=ASHAScheduler(time_attr="epoch", max_t=budget["max_epochs"],
-                                        grace_period=budget["grace_period"],
-                                        reduction_factor=budget["reduction_factor"]),
-                num_samples=budget["num_samples"], reuse_actors=REUSE_ACTORS),
-            run_config=run_config)
-    grid = tuner.fit()
-    _print(f"search finished in {time.perf_counter() - started:.1f}s: {len(grid)} trials, "
-           f"{grid.num_errors} errored")
-
-    if exp_dir is None:
-        _print("remote storage: copy STORAGE/NAME to local disk, then rebuild the report "
-               "with `python -m tuner.results <local copy>`")
-        return 0
-    if space.kind != "ablation":
-        _evaluate_best(grid, budget, data, exp_dir)
-    from tuner.results import build_report
-
-    build_report(exp_dir, data_bundle=data, echo=_print)
-    _print(f"tensorboard: tensorboard --logdir {exp_dir}")
-    return 0
-
-
-# reuse_actors=True (both Tuner calls): trials have equal resources, so a finished trial's
-# worker process runs the next one instead of a fresh process re-importing torch and
-# transformers (measured: the quick search's tuner.fit went from 23.5 s to 10.2 s).
-
-
-def _searcher(space: Any, budget: dict[str, Any], seed: int, exp_dir: Path | None, name: str):
-    """TPE (seeded, define-by-run) behind a ConcurrencyLimiter.
-
-    The Optuna study lives in STORAGE/NAME/optuna.db so what Optuna recorded (including
-    trials ASHA stopped, told with their last value) can be inspected after the search.
-    """
-    import optuna
-    from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
-
-    storage = None
-    if exp_dir is not None:
-        storage = optuna.storages.RDBStorage(f"sqlite:///{exp_dir / 'optuna.db'}")
-    class ResumableOptunaSearch(OptunaSearch):
-        """After an interrupted run the sqlite study can be ahead of Ray's searcher snapshot,
-        so a re-run trial reports to an Optuna trial that is already finished. Optuna refuses
-        that update; the search must go on (the re-run's final value is told at the end)."""
-
-        def on_trial_result(self, trial_id: str, result: dict) -> None:
-            try:
-                super().on_trial_result(trial_id, result)
-            except optuna.exceptions.UpdateFinishedTrialError:
-                pass
-
-    searcher = ResumableOptunaSearch(space=space.define_by_run, metric=budget["metric"],
-                            mode=budget["mode"], sampler=optuna.samplers.TPESampler(seed=seed),
-                            study_name=name, storage=storage)
-    return ConcurrencyLimiter(searcher, max_concurrent=budget["max_concurrent"])
-
-
-def _shared_features(base: TrainConfig, data: Any, resources: dict[str, float]):
-    """Render + encode the data set once, in a Ray task that gets a GPU when trials do."""
-    import ray
-
-    if not base.use_vision:
-        return None
-    from timesclip.train import compute_features
-
-    started = time.perf_counter()
-    gpus = min(1.0, resources["gpus_per_trial"]) if resources["gpus_per_trial"] > 0 else 0
-    task = ray.remote(num_cpus=resources["cpus_per_trial"], num_gpus=gpus)(
-        lambda cfg, bundle: compute_features(cfg, bundle))
-    features = ray.get(task.remote(base, data))
-    n = sum(len(getattr(data, s)) for s in ("train", "val", "test"))
-    _print(f"vision features: {n} samples x {len(data.bands)} bands encoded once in "
-           f"{time.perf_counter() - started:.1f}s and shared by all trials")
-    return features
-
-
-def _evaluate_best(grid: Any, budget: dict[str, Any], data: Any, exp_dir: Path) -> None:
-    """Score the exported configuration on the test split, once (selection used val only)."""
-    from timesclip.train import evaluate_arrays, load_for_inference
-
-    try:
-        best = grid.get_best_result(metric=budget["metric"], mode=budget["mode"], scope="all")
-    except RuntimeError:
-        _print("no trial produced a finite metric: nothing to evaluate")
-        return
-    if best.checkpoint is None:
-        return
-    with best.checkpoint.as_directory() as ckdir:
-        model, config, scaler, _, backbone = load_for_inference(ckdir, device="cpu")
-        test = evaluate_arrays(model, config, scaler, backbone, data.test.x_raw, data.test.y_raw)
-    trial_id = Path(best.path).name
-    value = float(best.metrics_dataframe[budget["metric"]].agg(
-        "min" if budget["mode"] == "min" else "max"))
-    _write_json(exp_dir / BEST_TEST_FILE, {"trial_id": best.metrics.get("trial_id", trial_id),
-                                           budget["metric"]: value, "test": test})
-    _print(f"best trial {best.metrics.get('trial_id', trial_id)}: {budget['metric']} "
-           f"{value:.4f}; test (evaluated once) RMSE {test['rmse']:.3f}, R2 {test['r2']:+.3f}")
-
-
-def _write_remote_json(uri: str, payload: dict[str, Any]) -> None:
-    """search_meta.json next to Ray's files in remote storage (s3://, gs://, ...), so that
-    `python -m tuner.results` can rebuild the report from a local copy."""
-    import pyarrow.fs
-
-    fs, path = pyarrow.fs.FileSystem.from_uri(uri)
-    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    with fs.open_output_stream(path) as out:
-        out.write((json.dumps(payload, indent=2, default=str) + "\n").encode())
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
@@ -487,16 +482,23 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    stop = GracefulStop()
+    stop.install()
     try:
-        return run(args)
+        return run(args, argv, stop)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted: continue with the same --storage/--name and --resume",
-              file=sys.stderr)
-        return 130
+    except (SearchInterrupted, KeyboardInterrupt) as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)
+        name = args.name or "<the name printed above>"
+        print(f"interrupted by {signal.Signals(signum).name} before the trials started; "
+              f"continue with: {resume_command(argv, name)}", file=sys.stderr)
+        return exit_code(signum)
+    finally:
+        stop.restore()
 
 
 if __name__ == "__main__":

@@ -2,15 +2,22 @@
 
 The trainable never re-implements training. It turns the trial's sampled parameters into a
 TrainConfig, hands fit() a report callback that forwards each epoch to `tune.report` with
-the epoch's checkpoint, and resumes from Ray's checkpoint when Ray restarts the trial.
+the epoch's checkpoint, and resumes from a checkpoint when there is one: Ray's own (a retry
+after a lost node) or the one the journal names (a trial continued by a later driver).
 The data set and the frozen vision features arrive through `tune.with_parameters`, i.e.
 from Ray's object store, so they are read and encoded once for the whole search.
+
+A non-finite loss is a property of the sampled configuration, not a failure of the cluster:
+it is reported as a `diverged` result (and the trial ends normally), so `--max-failures`
+never retries it and the sampler learns from it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -21,17 +28,26 @@ from ray import tune
 
 from timesclip.config import TrainConfig, apply_ablation
 from timesclip.data import DataBundle
+from timesclip.errors import NonFiniteLossError
 from timesclip.model import Backbone, load_backbone
 from timesclip.train import FitResult, feature_key, fit
 
-#: Names of the files a trial writes next to Ray's own (read by tuner.results).
+#: Names of the files a trial writes into its folder (read by tuner.results).
 TRAIN_CONFIG_FILE = "train_config.yaml"
 FINAL_FILE = "final.json"
+TID_KEY = "trial_id"  # same as tuner.tracking.TID_KEY (kept here: no driver imports)
 
 #: The last backbone this worker process loaded. Workers are reused between trials
 #: (reuse_actors), and reloading CLIP from disk for every trial is wasted set-up; sharing is
 #: safe because fit() copies the text encoder into each model and never alters the backbone.
 _BACKBONE_CACHE: dict[tuple[str, bool], Backbone] = {}
+
+#: Short names for trial folder names (TensorBoard shows one run per trial under them).
+_SHORT = {"ablation": "", "seed": "seed", "contrastive_weight": "cw", "temperature": "temp",
+          "hybrid_alpha": "alpha", "lr": "lr", "backbone_lr": "blr", "weight_decay": "wd",
+          "batch_size": "bs", "dropout": "drop", "d_model": "d", "use_contrastive": "con",
+          "patch": "patch", "learnable_temperature": "learnT", "freeze_text": "frz"}
+_PRIORITY = ("ablation", "seed", "contrastive_weight", "temperature", "hybrid_alpha", "lr")
 
 
 def _cached_backbone(name: str, need_vision: bool) -> Backbone:
@@ -42,23 +58,57 @@ def _cached_backbone(name: str, need_vision: bool) -> Backbone:
     return _BACKBONE_CACHE[key]
 
 
+def trial_dirname(tid: str, params: dict[str, Any], limit: int = 64) -> str:
+    """`t0003-cw0.12-temp0.051-alpha0.5`: the trial id and up to four key parameters.
+
+    It is the trial's folder name and so its run name in TensorBoard."""
+    names = [n for n in _PRIORITY if n in params]
+    names += [n for n in params if n not in names and n != TID_KEY]
+    parts = [tid]
+    for name in names[:4]:
+        value = params[name]
+        if isinstance(value, bool):
+            text = str(int(value))
+        elif isinstance(value, float):
+            text = f"{value:.2g}"
+        else:
+            text = str(value)
+        parts.append(re.sub(r"[^A-Za-z0-9.+]", "", f"{_SHORT.get(name, name[:6])}{text}"))
+    name = "-".join(p for p in parts if p)
+    return name[:limit].rstrip("-")
+
+
 def resolve_trial_config(trial_params: dict[str, Any], setup: dict[str, Any]) -> TrainConfig:
     """The complete TrainConfig of one trial: base <- space base <- sampled values."""
+    params = {k: v for k, v in trial_params.items() if k != TID_KEY}
     base = TrainConfig.from_dict(setup["base_config"], source="base config")
     if setup["kind"] == "ablation":
-        config = apply_ablation(base, trial_params["ablation"]).replace(
-            seed=int(trial_params["seed"]))
+        config = apply_ablation(base, params["ablation"]).replace(seed=int(params["seed"]))
     else:
         # `base` already holds the space's base and the command-line overrides; passing it as
         # overrides too keeps the flags above the space's base (e.g. --backbone).
-        config = setup["space"].trial_config(base, trial_params, overrides=base.to_dict())
+        config = setup["space"].trial_config(base, params, overrides=base.to_dict())
     return config.replace(epochs=int(setup["max_epochs"]))
+
+
+def _resume_checkpoint(tid: str | None, setup: dict[str, Any], work: Path) -> Path | None:
+    """Where to continue from: Ray's checkpoint of this trial (a retry in this driver run),
+    else the last checkpoint the journal recorded (a trial continued by a later driver)."""
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None and tid is not None:
+        path = (setup.get("resume") or {}).get(tid)
+        if path:
+            checkpoint = tune.Checkpoint(path)
+    if checkpoint is None:
+        return None
+    return Path(checkpoint.to_directory(str(work / "restore")))
 
 
 def train_trial(trial_params: dict[str, Any], *, data: DataBundle,
                 features: dict[str, torch.Tensor] | None, setup: dict[str, Any]) -> None:
     """Ray Tune function trainable (wrapped with tune.with_parameters by tuner.search)."""
     config = resolve_trial_config(trial_params, setup)
+    tid = trial_params.get(TID_KEY)
     # one "checkpoint created" INFO line per epoch per trial drowns the progress lines
     logging.getLogger("ray.train").setLevel(logging.WARNING)
     torch.set_num_threads(max(1, int(setup.get("cpus_per_trial", 1))))
@@ -72,14 +122,15 @@ def train_trial(trial_params: dict[str, Any], *, data: DataBundle,
 
     work = Path(tempfile.mkdtemp(prefix="timesclip-trial-"))
     try:
-        resume_from = None
-        checkpoint = tune.get_checkpoint()
-        if checkpoint is not None:
-            resume_from = Path(checkpoint.to_directory(str(work / "restore")))
-
+        resume_from = _resume_checkpoint(tid, setup, work)
         held: list[tuple[dict[str, float], str | None]] = []
+        last: dict[str, float] = {}
+        node = _node_id()
 
         def report(epoch: int, metrics: dict[str, float], checkpoint_dir: str | None) -> None:
+            metrics = {**metrics, "node_id": node}
+            last.clear()
+            last.update(metrics)
             if epoch >= config.epochs:
                 # ASHA stops a trial at the report that reaches max_t, before fit() returns;
                 # hold the last epoch back so final.json is written first.
@@ -88,17 +139,34 @@ def train_trial(trial_params: dict[str, Any], *, data: DataBundle,
             ck = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
             tune.report(metrics, checkpoint=ck)
 
-        result = fit(config, data, report=report, checkpoint_dir=work / "ckpt",
-                     resume_from=resume_from, vision_features=features,
-                     backbone=_cached_backbone(config.backbone,
-                                               config.use_vision and features is None),
-                     evaluate_test=setup["kind"] == "ablation", tb_dir=trial_dir / "tb")
+        try:
+            result = fit(config, data, report=report, checkpoint_dir=work / "ckpt",
+                         resume_from=resume_from, vision_features=features,
+                         backbone=_cached_backbone(config.backbone,
+                                                   config.use_vision and features is None),
+                         evaluate_test=setup["kind"] == "ablation", tb_dir=trial_dir)
+        except NonFiniteLossError as exc:
+            tune.report({**{k: math.nan for k in ("val_rmse", "val_loss")}, **last,
+                         "epoch": exc.epoch, "diverged": True, "diverged_epoch": exc.epoch,
+                         "diverged_step": exc.step, "diverged_loss": exc.value,
+                         "diverged_message": str(exc)})
+            return
         _write_final(trial_dir / FINAL_FILE, result, config, trial_params)
         for metrics, checkpoint_dir in held:
             ck = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
             tune.report(metrics, checkpoint=ck)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _node_id() -> str:
+    """Ray's id of the node this trial runs on (several nodes can share one IP)."""
+    import ray
+
+    try:
+        return str(ray.get_runtime_context().get_node_id())
+    except Exception:  # outside a Ray worker (unit tests): no node
+        return ""
 
 
 def _write_final(path: Path, result: FitResult, config: TrainConfig,

@@ -1,0 +1,362 @@
+"""One run of the search driver: resume what the journal says, run the trials, finish.
+
+`Experiment.run()` is what `python -m tuner.search` does once its flags are checked:
+
+1. replay `journal.jsonl` (empty for a new experiment) and close the trials whose end was
+   decided but not yet recorded;
+2. rebuild the Optuna study from the journal, restore ASHA's rung records and the sampler's
+   random state, and hand the unfinished trials out again (each continues from the last
+   checkpoint the journal names) before asking Optuna for new ones;
+3. run them with Ray Tune until `num_samples` trials have ended, or until SIGINT/SIGTERM;
+4. when every trial has ended: score the best configuration on the test split once
+   (persisted in best_test.json, never recomputed) and write the report; when interrupted:
+   write the report without a best configuration and print the command that continues.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from timesclip.config import TrainConfig
+from tuner.journal import (
+    JOURNAL_FILE,
+    TRIALS_DIR,
+    ExperimentState,
+    Journal,
+    TrialState,
+    driver_fields,
+    load_state,
+    select_best,
+)
+
+BEST_TEST_FILE = "best_test.json"
+OPTUNA_DB = "optuna.db"
+
+
+@dataclass
+class Experiment:
+    args: argparse.Namespace
+    argv: Sequence[str]
+    space: Any
+    base: TrainConfig
+    budget: dict[str, Any]
+    resources: dict[str, float]
+    data: Any
+    exp_dir: Path
+    name: str
+    stop: Any  # tuner.search.GracefulStop
+    echo: Callable[[str], None]
+
+    @property
+    def metric(self) -> str:
+        return str(self.budget["metric"])
+
+    @property
+    def mode(self) -> str:
+        return str(self.budget["mode"])
+
+    # ------------------------------------------------------------------------- driver
+    def run(self) -> int:
+        from tuner.tracking import Ledger
+
+        state = load_state(self.exp_dir)
+        segment = 1 + max(state.segments, default=0)
+        journal = Journal(self.exp_dir / JOURNAL_FILE, segment)
+        ledger = Ledger(journal, state, metric=self.metric, mode=self.mode,
+                        max_epochs=int(self.budget["max_epochs"]),
+                        experiment_dir=self.exp_dir)
+        self.started = time.perf_counter()
+        ledger.record("driver_start", argv=list(self.argv), resume=bool(self.args.resume),
+                      **driver_fields())
+        try:
+            return self._run(ledger)
+        except BaseException as exc:
+            from tuner.search import SearchInterrupted
+
+            if isinstance(exc, (SearchInterrupted, KeyboardInterrupt)):
+                signum = getattr(exc, "signum", signal.SIGINT)
+                ledger.record("driver_end", how="interrupted",
+                              signal=signal.Signals(signum).name)
+            raise
+        finally:
+            journal.close()
+
+    def _run(self, ledger: Any) -> int:
+        from tuner.tracking import closable_at_resume, record_end
+
+        state: ExperimentState = ledger.state
+        if self.args.resume:
+            self._print_resume_state(state)
+            for trial in state.unfinished:
+                if closable_at_resume(trial, int(self.budget["max_epochs"])):
+                    record_end(ledger, trial, error=False)
+        replays = state.unfinished
+        to_create = max(0, int(self.budget["num_samples"]) - len(state.trials))
+        if replays or to_create:
+            signum = self._run_trials(ledger, replays, to_create)
+            if signum is not None:
+                return self._interrupted(ledger, signum)
+        return self._finished(ledger)
+
+    def _print_resume_state(self, state: ExperimentState) -> None:
+        ended = len(state.ended)
+        earlier = [s for s in state.segments.values() if s.seg != max(state.segments)]
+        self.echo(f"resuming: {ended} trial(s) ended and kept, {len(state.unfinished)} "
+                  f"unfinished continue from their last checkpoint, "
+                  f"{max(0, int(self.budget['num_samples']) - len(state.trials))} not "
+                  f"started yet; {len(state.rungs)} ASHA rung record(s) restored; "
+                  f"{len(earlier)} earlier driver run(s), "
+                  f"{sum(1 for s in earlier if s.how != 'finished')} interrupted")
+
+    # ------------------------------------------------------------------------- trials
+    def _run_trials(self, ledger: Any, replays: list[TrialState], to_create: int
+                    ) -> int | None:
+        """Run this driver's trials; returns the signal number if interrupted."""
+        import optuna
+        import ray
+
+        from tuner.search import _init_ray, fit_local_resources
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # we print what matters
+
+        ray_start = time.perf_counter()
+        try:
+            _init_ray(self.args)
+            self.echo(f"ray: ready in {time.perf_counter() - ray_start:.1f}s")
+            resources = self.resources
+            if not self.args.address:
+                resources = fit_local_resources(resources, ray.cluster_resources())
+            features = self._shared_features(resources)
+            tuner = self._tuner(ledger, replays, to_create, features, resources)
+            self.stop.ledger = ledger
+            self.stop.in_loop = True
+            # Ray's result table reader complains that result.json is missing: the journal
+            # replaces it, and fit()'s return value is not used.
+            analysis_log = logging.getLogger("ray.tune.analysis.experiment_analysis")
+            level = analysis_log.level
+            analysis_log.setLevel(logging.ERROR)
+            try:
+                tuner.fit()
+            finally:
+                self.stop.in_loop = False
+                analysis_log.setLevel(level)
+        finally:
+            ray.shutdown()
+        return ledger.interrupt_signal
+
+    def _shared_features(self, resources: dict[str, float]):
+        """Render + encode the data set once, in a Ray task that gets a GPU when trials do."""
+        import ray
+
+        if not self.base.use_vision:
+            return None
+        from timesclip.train import compute_features
+
+        started = time.perf_counter()
+        gpus = min(1.0, resources["gpus_per_trial"]) if resources["gpus_per_trial"] > 0 else 0
+        task = ray.remote(num_cpus=resources["cpus_per_trial"], num_gpus=gpus)(
+            lambda cfg, bundle: compute_features(cfg, bundle))
+        features = ray.get(task.remote(self.base, self.data))
+        n = sum(len(getattr(self.data, s)) for s in ("train", "val", "test"))
+        self.echo(f"vision features: {n} samples x {len(self.data.bands)} bands encoded once "
+                  f"in {time.perf_counter() - started:.1f}s and shared by all trials")
+        return features
+
+    def _tuner(self, ledger: Any, replays: list[TrialState], to_create: int,
+               features: Any, resources: dict[str, float]) -> Any:
+        import optuna
+        from ray import tune
+        from ray.tune.search import ConcurrencyLimiter
+
+        from timesclip.train import feature_key
+        from tuner.progress import TrialProgress
+        from tuner.search import DEFAULT_MAX_FAILURES, REUSE_ACTORS
+        from tuner.tracking import (
+            FixedTrialsSearcher,
+            InterruptStopper,
+            JournalCallback,
+            JournaledASHA,
+            JournaledFIFO,
+            JournaledOptunaSearch,
+            Replay,
+            rebuild_study,
+            restore_sampler_state,
+        )
+        from tuner.trainable import train_trial, trial_dirname
+
+        state: ExperimentState = ledger.state
+        budget = self.budget
+        storage = self.exp_dir / TRIALS_DIR
+        resume_paths = {t.tid: str(storage / t.dirname / t.checkpoint)
+                        for t in replays if t.checkpoint}
+        setup = {"kind": self.space.kind, "space": self.space,
+                 "base_config": self.base.to_dict(), "max_epochs": budget["max_epochs"],
+                 "cpus_per_trial": resources["cpus_per_trial"],
+                 "feature_key": feature_key(self.base, self.data), "resume": resume_paths}
+
+        dirname = trial_dirname  # module-level: Ray pickles the searcher that holds it
+        if self.space.kind == "ablation":
+            done = [{"ablation": t.params.get("ablation"), "seed": t.params.get("seed")}
+                    for t in state.trials.values()]
+            pending = [g for g in self.space.ablation_grid() if g not in done]
+            searcher: Any = FixedTrialsSearcher(
+                ledger=ledger, pending=pending, replays=[Replay(t) for t in replays],
+                dirname=dirname, metric=self.metric, mode=self.mode)
+            scheduler: Any = JournaledFIFO(ledger)
+        else:
+            seed = int(self.args.seed)
+            sampler = (optuna.samplers.RandomSampler(seed=seed)
+                       if self.args.searcher == "random"
+                       else optuna.samplers.TPESampler(seed=seed))
+            db = self.exp_dir / OPTUNA_DB
+            ids: dict[str, int] = {}
+            if self.args.resume:
+                ids = rebuild_study(db, study_name=self.name,
+                                    direction="minimize" if self.mode == "min"
+                                    else "maximize",
+                                    state=state, replays=replays, metric=self.metric)
+                if restore_sampler_state(sampler, state.sampler_state):
+                    self.echo("optuna: study rebuilt from the journal; sampler continues its "
+                              "random stream")
+            searcher = JournaledOptunaSearch(
+                ledger=ledger, replays=[Replay(t, ids.get(t.tid)) for t in replays],
+                to_create=to_create, dirname=dirname, space=self.space.define_by_run,
+                metric=self.metric, mode=self.mode, sampler=sampler, study_name=self.name,
+                storage=optuna.storages.RDBStorage(f"sqlite:///{db}"))
+            if self.args.scheduler == "fifo":
+                scheduler = JournaledFIFO(ledger)
+            else:
+                scheduler = JournaledASHA(
+                    ledger, time_attr="epoch", metric=self.metric, mode=self.mode,
+                    max_t=budget["max_epochs"], grace_period=budget["grace_period"],
+                    reduction_factor=budget["reduction_factor"])
+                restored = scheduler.restore(state.rungs)
+                scheduler.snapshot(self.exp_dir / f"asha_restored-seg{ledger.journal.segment}"
+                                   ".json")
+                scheduler._snapshot()
+                if self.args.resume:
+                    self.echo(f"asha: {restored} rung record(s) restored")
+        search_alg = ConcurrencyLimiter(searcher, max_concurrent=budget["max_concurrent"])
+        trainable = tune.with_resources(
+            tune.with_parameters(train_trial, data=self.data, features=features, setup=setup),
+            {"cpu": resources["cpus_per_trial"], "gpu": resources["gpus_per_trial"]})
+        max_failures = getattr(self.args, "max_failures", DEFAULT_MAX_FAILURES)
+        run_config = tune.RunConfig(
+            name=f"{self.name}/{TRIALS_DIR}", storage_path=str(self.exp_dir.parent),
+            verbose=0, stop=InterruptStopper(ledger),
+            failure_config=tune.FailureConfig(max_failures=max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=3),
+            # Trials write train_config.yaml, final.json and TensorBoard events into their
+            # folder; on a multi-node cluster artifact syncing brings them to storage.
+            sync_config=tune.SyncConfig(sync_artifacts=True),
+            callbacks=[TrialProgress(ledger, budget["max_epochs"]), JournalCallback(ledger)])
+        return tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=search_alg,
+                scheduler=scheduler, num_samples=len(replays) + to_create,
+                reuse_actors=REUSE_ACTORS,
+                trial_dirname_creator=_dirname_of),
+            run_config=run_config)
+
+    # ------------------------------------------------------------------------- endings
+    def _interrupted(self, ledger: Any, signum: int) -> int:
+        from tuner.search import exit_code, resume_command
+
+        name = signal.Signals(signum).name
+        ledger.record("driver_end", how="interrupted", signal=name)
+        state: ExperimentState = ledger.state
+        self._report(state, interrupted=True)
+        took = time.perf_counter() - (self.stop.received_at or time.perf_counter())
+        self.echo(f"interrupted by {name}: {len(state.ended)} of "
+                  f"{self.budget['num_samples']} trials finished; the unfinished continue "
+                  f"from their last checkpoint (stopped in {took:.1f}s). No best "
+                  "configuration was exported and the test split was not touched.")
+        self.echo(f"continue with: {resume_command(self.argv, self.name)}")
+        return exit_code(signum)
+
+    def _finished(self, ledger: Any) -> int:
+        state: ExperimentState = ledger.state
+        total = int(self.budget["num_samples"])
+        unfinished = state.unfinished
+        if unfinished or len(state.trials) < total:
+            ledger.record("driver_end", how="incomplete")
+            self._report(state, interrupted=True)
+            self.echo(f"error: the search ended with {len(unfinished)} unfinished and "
+                      f"{total - len(state.trials)} never created trial(s); run it again "
+                      "with --resume")
+            return 1
+        counts = {s: sum(1 for t in state.trials.values() if t.status == s)
+                  for s in ("TERMINATED", "DIVERGED", "ERROR")}
+        segs = len(state.segments)
+        earlier = sum(1 for s in state.segments.values()
+                      if s.seg != ledger.journal.segment and s.how != "finished")
+        self.echo(f"search finished: {total} trials ({counts['TERMINATED']} ended normally, "
+                  f"{counts['DIVERGED']} diverged, {counts['ERROR']} failed); this run "
+                  f"{time.perf_counter() - self.started:.1f}s, experiment "
+                  f"{state.wall_seconds:.1f}s over {segs} driver run(s)"
+                  + (f", {earlier} of them interrupted" if earlier else ""))
+        if self.space.kind != "ablation":
+            self._evaluate_best_once(state)
+        ledger.record("driver_end", how="finished")
+        self._report(state, interrupted=False)
+        self.echo(f"tensorboard: tensorboard --logdir {self.exp_dir / TRIALS_DIR}")
+        return 0
+
+    def _evaluate_best_once(self, state: ExperimentState) -> None:
+        """Score the selected configuration on the test split, once per experiment."""
+        from timesclip.train import evaluate_arrays, load_for_inference
+
+        path = self.exp_dir / BEST_TEST_FILE
+        best = select_best(state, self.metric, self.mode)
+        if best is None:
+            self.echo(f"no trial ended with a finite {self.metric}: nothing to evaluate")
+            return
+        if path.exists():
+            stored = json.loads(path.read_text())
+            self.echo(f"test split already scored once for trial {stored.get('trial_id')} "
+                      f"({BEST_TEST_FILE}); not scored again")
+            return
+        if not best.checkpoint:
+            self.echo(f"best trial {best.tid} has no checkpoint: test split not scored")
+            return
+        ckdir = self.exp_dir / TRIALS_DIR / best.dirname / best.checkpoint
+        model, config, scaler, _, backbone = load_for_inference(ckdir, device="cpu")
+        test = evaluate_arrays(model, config, scaler, backbone, self.data.test.x_raw,
+                               self.data.test.y_raw)
+        from tuner.journal import best_value
+
+        value, epoch = best_value(best.history, self.metric, self.mode)
+        payload = {"trial_id": best.tid, self.metric: value, "epoch": epoch, "test": test,
+                   "checkpoint": str(Path(TRIALS_DIR) / best.dirname / best.checkpoint),
+                   "evaluated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(payload, indent=2) + "\n")
+        os.replace(tmp, path)
+        self.echo(f"best trial {best.tid}: {self.metric} {value:.4f} (epoch {epoch}); test "
+                  f"(evaluated once) RMSE {test['rmse']:.3f}, R2 {test['r2']:+.3f}")
+
+    def _report(self, state: ExperimentState, *, interrupted: bool) -> None:
+        from tuner.results import build_report
+
+        build_report(self.exp_dir, data_bundle=self.data, echo=self.echo)
+
+
+def _dirname_of(trial: Any) -> str:
+    """Ray's trial folder name: our trial id and key parameters (see trial_dirname)."""
+    from tuner.tracking import TID_KEY
+    from tuner.trainable import trial_dirname
+
+    return trial_dirname(trial.config[TID_KEY], trial.config)
+
+
+__all__ = ["BEST_TEST_FILE", "OPTUNA_DB", "Experiment"]
