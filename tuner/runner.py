@@ -131,6 +131,9 @@ class Experiment:
         ray_start = time.perf_counter()
         try:
             _init_ray(self.args)
+            # Ray's core installs its own SIGTERM handler (it aborts the process): take
+            # SIGINT/SIGTERM back so a preemption stops the search cleanly.
+            self.stop.install()
             self.echo(f"ray: ready in {time.perf_counter() - ray_start:.1f}s")
             resources = self.resources
             if not self.args.address:

@@ -286,7 +286,8 @@ class GracefulStop:
 
     def install(self) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
-            self._previous[sig] = signal.signal(sig, self._handle)
+            previous = signal.signal(sig, self._handle)
+            self._previous.setdefault(sig, previous)
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():

@@ -1,0 +1,158 @@
+"""Helpers shared by the end-to-end search tests: run the real CLI, watch its journal, and
+check that an experiment is consistent (the invariants a killed and resumed search keeps)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def env(**extra: str) -> dict[str, str]:
+    out = dict(os.environ)
+    out.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", RAY_USAGE_STATS_ENABLED="0")
+    out.pop("RAY_ADDRESS", None)  # a local instance, never somebody else's cluster
+    out.update(extra)
+    return out
+
+
+def cli(*args: str | Path, timeout: float = 600, **env_extra: str
+        ) -> tuple[subprocess.CompletedProcess, float]:
+    """Run `python -m ...` from the repository root; returns (process, wall seconds)."""
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", *map(str, args)], cwd=REPO,
+                          env=env(**env_extra), capture_output=True, text=True,
+                          timeout=timeout)
+    return proc, time.perf_counter() - started
+
+
+def start(*args: str | Path, log: Path, **env_extra: str) -> subprocess.Popen:
+    """Start `python -m ...` in its own process group (as a shell runs a foreground job),
+    output to `log`."""
+    handle = open(log, "w")  # noqa: SIM115 (closed by finish())
+    proc = subprocess.Popen([sys.executable, "-m", *map(str, args)], cwd=REPO,
+                            env=env(**env_extra), stdout=handle, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    proc.log = log  # type: ignore[attr-defined]
+    proc.handle = handle  # type: ignore[attr-defined]
+    return proc
+
+
+def finish(proc: subprocess.Popen, timeout: float = 600) -> tuple[int, str]:
+    try:
+        code = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        code = proc.wait()
+    proc.handle.close()  # type: ignore[attr-defined]
+    return code, Path(proc.log).read_text()  # type: ignore[attr-defined]
+
+
+def ok(proc: subprocess.CompletedProcess) -> str:
+    """stdout of a run that must have exited 0 (its output is shown when it did not)."""
+    assert proc.returncode == 0, (
+        f"exit {proc.returncode}\n--- stdout\n{proc.stdout[-6000:]}\n"
+        f"--- stderr\n{proc.stderr[-6000:]}")
+    return proc.stdout
+
+
+def journal_events(exp: Path) -> list[dict[str, Any]]:
+    from tuner.journal import read_events
+
+    return read_events(exp / "journal.jsonl")
+
+
+def wait_for_results(exp: Path, n: int, proc: subprocess.Popen, timeout: float = 300) -> int:
+    """Block until the journal holds at least n epoch results (or the process ended)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        count = sum(1 for e in journal_events(exp) if e["ev"] == "result")
+        if count >= n:
+            return count
+        if proc.poll() is not None:
+            raise AssertionError(f"the search ended (exit {proc.returncode}) before {n} "
+                                 f"results:\n{Path(proc.log).read_text()[-4000:]}")
+        time.sleep(0.1)
+    raise AssertionError(f"no {n} results within {timeout}s")
+
+
+def kill_group(proc: subprocess.Popen, sig: int) -> None:
+    os.killpg(proc.pid, sig)
+
+
+def read_csv(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, keep_default_na=False, na_values=[""])
+
+
+def check_consistent(exp: Path, num_samples: int) -> dict[str, Any]:
+    """The invariants of a finished experiment, whatever interrupted it on the way.
+
+    - exactly num_samples trials, each ended once; no trial folder without a journaled trial;
+    - no epoch of a trial journaled twice (none trained again after it was recorded) and no
+      event for a trial after its end (a finished trial is never run again);
+    - trials.csv has one row per trial and no ERROR rows;
+    - the Optuna study holds exactly these trials, all finished, each matching its row
+      (same trial id, parameters, value, per-epoch values).
+    Returns a few counts for the caller to print.
+    """
+    import optuna
+
+    from tuner.journal import TRIALS_DIR, load_state
+
+    events = journal_events(exp)
+    state = load_state(exp)
+    assert len(state.trials) == num_samples, sorted(state.trials)
+    assert not state.unfinished, [t.tid for t in state.unfinished]
+    ends = Counter(e["tid"] for e in events if e["ev"] == "end")
+    assert all(v == 1 for v in ends.values()) and len(ends) == num_samples, ends
+    folders = {p.name for p in (exp / TRIALS_DIR).iterdir() if p.is_dir()}
+    assert folders == {t.dirname for t in state.trials.values()}, folders
+    epochs = Counter((e["tid"], e["epoch"]) for e in events
+                     if e["ev"] == "result" and not e.get("diverged"))
+    assert all(v == 1 for v in epochs.values()), [k for k, v in epochs.items() if v > 1]
+    ended_at = {}
+    for i, e in enumerate(events):
+        if e["ev"] == "end":
+            ended_at[e["tid"]] = i
+    late = [e for i, e in enumerate(events)
+            if e.get("tid") in ended_at and i > ended_at[e["tid"]]]
+    assert not late, late
+
+    table = pd.read_parquet(exp / "report" / "trials.parquet")  # exact floats
+    assert sorted(table["trial_id"]) == sorted(state.trials)
+    assert (table["status"] != "ERROR").all(), table[["trial_id", "status", "error"]]
+
+    study = optuna.load_study(study_name=json.loads((exp / "search_meta.json").read_text()
+                                                    )["name"],
+                              storage=f"sqlite:///{exp / 'optuna.db'}")
+    trials = study.get_trials(deepcopy=False)
+    assert len(trials) == num_samples
+    by_id = {row["trial_id"]: row for _, row in table.iterrows()}
+    for trial in trials:
+        assert trial.state.is_finished(), trial
+        row = by_id[trial.user_attrs["trial_id"]]
+        journaled = state.trials[row["trial_id"]]
+        assert trial.number == journaled.index
+        for name, value in trial.params.items():
+            assert journaled.params[name] == value, (name, value)
+        intermediate = {e: h["val_rmse"] for e, h in journaled.history.items()}
+        assert dict(trial.intermediate_values) == intermediate, row["trial_id"]
+        if trial.state == optuna.trial.TrialState.COMPLETE:
+            assert trial.value == row["best_val_rmse"], row["trial_id"]
+    return {"trials": len(state.trials), "drivers": len(state.segments),
+            "interruptions": state.interruptions,
+            "asha_stopped": int((table["stopped_by"] == "asha").sum())}
+
+
+def signal_name(code: int) -> str:
+    return signal.Signals(-code).name if code < 0 else str(code)
