@@ -7,6 +7,7 @@ storage) is checked before Ray starts, and reported as one line with exit code 2
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -184,6 +185,55 @@ def check_address(address: str | None) -> None:
         raise UserError(f"cannot reach a Ray cluster at {address} ({exc.strerror or exc}); "
                         "check the head node address and port, or omit --address for a "
                         "local instance") from None
+    if not address.startswith("ray://"):
+        check_cluster_token(target)
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence file descriptor 2 (C/C++ logging, which Python's sys.stderr cannot catch)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _token_available() -> bool:
+    return bool(os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
+                or (Path.home() / ".ray" / "auth_token").is_file())
+
+
+def check_cluster_token(address: str) -> None:
+    """A cluster with token authentication (Ray's default since 2.5x) refuses a client
+    without its token; Ray itself then retries for ~20 s and says only "Failed to connect".
+    Ask the GCS once, up front, and name the real cause and the fix."""
+    if "RAY_AUTH_MODE" not in os.environ and _token_available():
+        # a token was provided (env or ~/.ray/auth_token): present it when connecting
+        os.environ["RAY_AUTH_MODE"] = "token"
+    try:
+        from ray._raylet import GcsClient
+        from ray.exceptions import AuthenticationError
+    except ImportError:  # a Ray without these: ray.init reports what it can
+        return
+    try:
+        with _quiet_stderr():  # Ray's C++ client logs each refused attempt on fd 2
+            GcsClient(address=address, cluster_id=None).internal_kv_get(
+                b"timesclip-probe", None, timeout=5)
+    except AuthenticationError:
+        have = "the token this process presents is not the cluster's" if \
+            os.environ.get("RAY_AUTH_MODE") == "token" else "this process has no token"
+        raise UserError(
+            f"the Ray cluster at {address} requires token authentication and {have}: copy "
+            "the cluster's token (`ray get-auth-token` on the head node) into "
+            "~/.ray/auth_token or set RAY_AUTH_TOKEN, then run again") from None
+    except Exception:  # anything else (timeouts, versions): let ray.init report it
+        return
 
 
 def _local_cluster_file() -> bool:

@@ -1,0 +1,57 @@
+"""A two-node Ray test cluster on this machine: real GCS, raylets and object stores.
+
+Run as a subprocess by the cluster tests (so its Ray settings never leak into the pytest
+process): it starts a head node and one worker node with `ray.cluster_utils.Cluster`, in a
+private temp dir, prints one JSON line {"address", "head", "worker", "pids"}, then obeys
+lines on stdin:
+
+- `kill-worker`: kills every process of the worker node at once (a lost node);
+- `shutdown`: ends every process it started, by PID, and exits.
+
+Token authentication is whatever RAY_AUTH_MODE / RAY_AUTH_TOKEN in its environment say.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def _pids(node) -> list[int]:
+    pids = []
+    for infos in node.all_processes.values():
+        for info in infos:
+            if info.process is not None:
+                pids.append(int(info.process.pid))
+    return pids
+
+
+def main() -> int:
+    temp_dir = sys.argv[1]
+    from ray.cluster_utils import Cluster
+
+    # Fast failure detection: a killed node is declared dead within a few seconds.
+    system_config = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 1000,
+                     "health_check_failure_threshold": 3}
+    cluster = Cluster(initialize_head=True, connect=False, head_node_args={
+        "num_cpus": 1, "temp_dir": temp_dir, "include_dashboard": False,
+        "_system_config": system_config})
+    worker = cluster.add_node(num_cpus=1, temp_dir=temp_dir)
+    cluster.wait_for_nodes()
+    head = cluster.head_node
+    print(json.dumps({"address": cluster.address, "head": head.node_id,
+                      "worker": worker.node_id,
+                      "pids": _pids(head) + _pids(worker)}), flush=True)
+    for line in sys.stdin:
+        command = line.strip()
+        if command == "kill-worker":
+            cluster.remove_node(worker, allow_graceful=False)
+            print(json.dumps({"killed": worker.node_id}), flush=True)
+        elif command == "shutdown":
+            break
+    cluster.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

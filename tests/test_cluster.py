@@ -1,0 +1,140 @@
+"""The search on a real two-node Ray cluster started on this machine.
+
+A head node and a worker node (real GCS, raylets and object stores, token authentication
+on, private temp dir) run in a helper process (tests/ray_cluster_helper.py); the search
+joins them with `--address`, exactly as on a real cluster. Every process the fixture
+starts is ended by its PID at the end; nothing here runs `ray stop`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from search_helpers import REPO, cli, finish, journal_events, start
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cluster")
+    temp_dir = root / "ray"
+    temp_dir.mkdir()
+    token = secrets.token_hex(16)
+    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, RAY_TMPDIR=str(root),
+               RAY_USAGE_STATS_ENABLED="0")
+    env.pop("RAY_ADDRESS", None)
+    helper = subprocess.Popen([sys.executable, str(REPO / "tests" / "ray_cluster_helper.py"),
+                               str(temp_dir)], cwd=REPO, env=env, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                              start_new_session=True)
+    info = json.loads(helper.stdout.readline())
+    info.update(helper=helper, token=token, root=root)
+    try:
+        yield info
+    finally:
+        try:
+            helper.stdin.write("shutdown\n")
+            helper.stdin.flush()
+            helper.wait(timeout=60)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+        for pid in [helper.pid, *info["pids"]]:  # whatever is left, by PID
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _search_args(cluster: dict, storage: Path, name: str, data: list[Path], *extra: str):
+    return ["tuner.search", "--space", "quick", "--address", cluster["address"],
+            "--storage", str(storage), "--name", name, "--cpus-per-trial", "1",
+            "--max-concurrent", "2", "--data", *map(str, data), *extra]
+
+
+def _token_env(cluster: dict) -> dict[str, str]:
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": cluster["token"]}
+
+
+def test_without_the_token_one_line_naming_token_auth(cluster, tmp_path, small_csvs):
+    proc, wall = cli(*_search_args(cluster, tmp_path, "no-token", small_csvs),
+                     timeout=120, RAY_AUTH_MODE="disabled", RAY_AUTH_TOKEN="")
+    print(f"\n[wall] --address without the token: {wall:.1f}s")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "requires token authentication" in lines[0], proc.stderr
+    assert "RAY_AUTH_TOKEN" in lines[0] and "ray get-auth-token" in lines[0]
+    assert not (tmp_path / "no-token").exists()
+    assert wall < 60
+
+
+def test_trials_on_both_nodes_and_a_lost_worker_node(cluster, tmp_path, small_csvs):
+    """Trials run on both nodes; the worker node is killed while a trial trains there.
+    That trial is retried on the head from its last checkpoint (losing at most the epoch
+    in progress), every trial finishes, the retry and its reason are in the report."""
+    name = "two-nodes"
+    exp = tmp_path / name
+    worker = cluster["worker"][:8]
+    proc = start(*_search_args(cluster, tmp_path, name, small_csvs, "--num-samples", "4",
+                               "--max-epochs", "8", "--scheduler", "fifo"),
+                 log=tmp_path / "search.log", **_token_env(cluster))
+    deadline = time.monotonic() + 300
+    victim = None
+    while victim is None and time.monotonic() < deadline:
+        for e in journal_events(exp):
+            if e["ev"] == "result" and str(e.get("node", "")).endswith(worker) \
+                    and e["epoch"] >= 2:
+                victim = e["tid"]
+        if proc.poll() is not None:
+            pytest.fail(f"search ended early:\n{Path(proc.log).read_text()[-4000:]}")
+        time.sleep(0.1)
+    assert victim, "no trial reached epoch 2 on the worker node"
+    last_before = max(e["epoch"] for e in journal_events(exp)
+                      if e["ev"] == "result" and e["tid"] == victim)
+    cluster["helper"].stdin.write("kill-worker\n")
+    cluster["helper"].stdin.flush()
+    assert "killed" in json.loads(cluster["helper"].stdout.readline())
+    killed_at = time.perf_counter()
+    code, output = finish(proc)
+    print(f"\n[time] search finished {time.perf_counter() - killed_at:.1f}s after the "
+          f"worker node was killed (trial {victim} was there at epoch {last_before})")
+    assert code == 0, output[-4000:]
+
+    events = journal_events(exp)
+    nodes = {str(e["node"]).rsplit("/", 1)[-1] for e in events
+             if e["ev"] == "result" and e.get("node")}
+    assert nodes == {cluster["head"][:8], worker}, nodes  # placed on both nodes
+    retries = [e for e in events if e["ev"] == "retry"]
+    assert [e["tid"] for e in retries] == [victim], retries
+    epochs = [e["epoch"] for e in events if e["ev"] == "result" and e["tid"] == victim]
+    # the retry continues from the last checkpoint: at most one finished epoch runs again
+    redone = len(epochs) - len(set(epochs))
+    assert redone <= 1 and sorted(set(epochs)) == list(range(1, max(epochs) + 1)), epochs
+    after = [e for e in events if e["ev"] == "result" and e["tid"] == victim
+             and e["t"] > retries[0]["t"]]
+    assert after and min(e["epoch"] for e in after) >= last_before
+    assert all(str(e["node"]).endswith(cluster["head"][:8]) for e in after)
+
+    table = pd.read_parquet(exp / "report" / "trials.parquet")
+    assert (table["status"] == "TERMINATED").all(), table[["trial_id", "status", "error"]]
+    row = table[table["trial_id"] == victim].iloc[0]
+    assert row["num_failures"] == 1 and row["retry_errors"], row
+    assert row["node"].endswith(cluster["head"][:8])
+    summary = (exp / "report" / "summary.md").read_text()
+    assert "## Retried trials (1)" in summary and f"`{victim}` retried 1x" in summary
+    folder = exp / "trials" / row["trial_dir"]
+    assert (folder / "final.json").is_file() and (folder / "train_config.yaml").is_file()
+    assert list(folder.glob("events.out.tfevents.*"))  # TensorBoard events reached storage
+    print(f"[info] {victim}: epochs journaled {epochs}; retry reason: "
+          f"{row['retry_errors'][:160]}")
+    assert "search finished: 4 trials" in output
+    assert f"retry    {victim}" in output
