@@ -156,3 +156,68 @@ def check_consistent(exp: Path, num_samples: int) -> dict[str, Any]:
 
 def signal_name(code: int) -> str:
     return signal.Signals(-code).name if code < 0 else str(code)
+
+
+# ------------------------------------------------------------------ listening sockets
+def _descendants(root: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = set(), [root]
+    while todo:
+        pid = todo.pop()
+        if pid not in out:
+            out.add(pid)
+            todo.extend(children.get(pid, []))
+    return out
+
+
+def _decode(hex_addr: str) -> str:
+    host, port = hex_addr.split(":")
+    raw = bytes.fromhex(host)
+    words = [raw[i:i + 4][::-1] for i in range(0, len(raw), 4)]  # little-endian words
+    data = b"".join(words)
+    if len(data) == 4:
+        address = ".".join(str(b) for b in data)
+    elif data[:12] == b"\0" * 10 + b"\xff\xff":
+        address = ".".join(str(b) for b in data[12:])  # IPv4-mapped IPv6
+    else:
+        address = ":".join(data[i:i + 2].hex() for i in range(0, 16, 2))
+    return f"{address}:{int(port, 16)}"
+
+
+def listening_addresses(root_pid: int) -> dict[str, str]:
+    """{"ip:port": command} of every TCP socket that `root_pid` or any process below it
+    listens on (read from /proc: no tools needed)."""
+    owner: dict[str, str] = {}
+    for pid in _descendants(root_pid):
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+            name = Path(f"/proc/{pid}/comm").read_text().strip()
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if link.startswith("socket:["):
+                owner[link[8:-1]] = name
+    out = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            cols = line.split()
+            if cols[3] == "0A" and cols[9] in owner:  # 0A = LISTEN
+                out[_decode(cols[1])] = owner[cols[9]]
+    return out

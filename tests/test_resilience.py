@@ -24,6 +24,7 @@ from search_helpers import (
     finish,
     journal_events,
     kill_group,
+    listening_addresses,
     ok,
     start,
     wait_for_results,
@@ -62,9 +63,17 @@ def test_graceful_stop_exit_code_message_and_resume(how, tmp_path, small_csvs):
     continues; running that command finishes the search consistently."""
     name = f"stop-{how}"
     exp = tmp_path / name
+    # RAY_ADDRESS names a cluster: without --address the search must ignore it and start
+    # its own private instance
     proc = start(*_args(tmp_path, name, small_csvs, "--max-concurrent", "2"),
-                 log=tmp_path / f"{name}.log")
+                 log=tmp_path / f"{name}.log", RAY_ADDRESS="192.0.2.1:6379")
     wait_for_results(exp, 4, proc)
+    if how == "ctrl-c":
+        # the private local instance listens on the loopback interface only
+        listening = listening_addresses(proc.pid)
+        print(f"\n[info] the search's processes listen on {sorted(listening)}")
+        assert len(listening) >= 3, listening  # GCS, raylet, dashboard at least
+        assert all(a.startswith("127.0.0.1:") for a in listening), listening
     sent = time.perf_counter()
     if how == "ctrl-c":
         kill_group(proc, signal.SIGINT)

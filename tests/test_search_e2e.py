@@ -101,7 +101,7 @@ def test_acceptance_search_completes_with_contract_report(acceptance):
         assert "no GPU on this machine: trials run on the CPU (gpus_per_trial 0.25 -> 0)" \
             in stdout
         assert meta["resources"]["gpus_per_trial"] == 0
-    assert "ray: local instance" in stdout
+    assert "ray: private local instance on 127.0.0.1" in stdout
     assert f"search finished: {NUM_SAMPLES} trials ({NUM_SAMPLES} ended normally, 0 diverged, " \
         "0 failed)" in stdout
     for name in ("trials.csv", "trials.parquet", "summary.md", "best_config.yaml"):

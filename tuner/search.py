@@ -397,6 +397,9 @@ def run(args: argparse.Namespace, argv: Sequence[str], stop: GracefulStop) -> in
     base = resolve_base_config(args, space)
     budget = resolve_budget(args, space)
     resources = resolve_resources(args, space)
+    if args.address and args.num_cpus is not None:
+        raise UserError("--num-cpus sizes the private local instance; with --address the "
+                        "cluster's nodes decide: drop --num-cpus")
     if args.max_failures < 0:
         raise UserError(f"--max-failures must be >= 0, got {args.max_failures}")
     storage = resolve_storage(args.storage)
@@ -495,6 +498,21 @@ def check_resume_meta(exp_dir: Path, meta: dict[str, Any]) -> None:
                             f"with the flags it was started with (see {exp_dir / META_FILE})")
 
 
+def private_local_instance_env() -> None:
+    """Settings of the private local Ray instance, made before Ray is imported.
+
+    - Every Ray process binds 127.0.0.1 instead of all interfaces (Ray's single-machine
+      mode; read when Ray is imported): nothing of the instance is reachable from the
+      network, not even the metrics endpoints that answer without a token.
+    - Token authentication stays on (Ray's default for a new local instance), said
+      explicitly so Ray does not warn on every run. The token is ~/.ray/auth_token.
+    - RAY_ADDRESS is dropped: it must not make the search join somebody's cluster.
+    """
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    os.environ.pop("RAY_ADDRESS", None)
+
+
 def _init_ray(args: argparse.Namespace) -> None:
     import ray
 
@@ -516,14 +534,19 @@ def _init_ray(args: argparse.Namespace) -> None:
         _print(f"ray: joined cluster {args.address}; resources {ray.cluster_resources()}")
         return
     # No --address: always a new private instance, whatever RAY_ADDRESS or an address file
-    # of another cluster on this machine says.
+    # of another cluster on this machine says (see private_local_instance_env).
     os.environ.pop("RAY_ADDRESS", None)
     context = ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=True,
                        dashboard_host="127.0.0.1", log_to_driver=True,
-                       configure_logging=True, logging_level="warning")
+                       configure_logging=True, logging_level="warning",
+                       _system_config={"enable_metrics_collection": False})
     url = getattr(context, "dashboard_url", None)
-    _print(f"ray: local instance, dashboard at http://{url}" if url else
-           "ray: local instance (dashboard not available: install ray[default])")
+    token = ("$RAY_AUTH_TOKEN" if os.environ.get("RAY_AUTH_TOKEN") else
+             os.environ.get("RAY_AUTH_TOKEN_PATH") or "~/.ray/auth_token")
+    _print(f"ray: private local instance on 127.0.0.1, dashboard at http://{url} (it asks "
+           f"for the token in {token})" if url else
+           "ray: private local instance on 127.0.0.1 (dashboard not available: install "
+           "ray[default])")
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
@@ -535,6 +558,8 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    if not args.address:
+        private_local_instance_env()
     stop = GracefulStop()
     stop.install()
     try:
