@@ -19,6 +19,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import signal
 import time
 from collections.abc import Callable, Sequence
@@ -75,6 +76,8 @@ class Experiment:
                         max_epochs=int(self.budget["max_epochs"]),
                         experiment_dir=self.exp_dir)
         self.started = time.perf_counter()
+        ledger.on_end = lambda trial: prune_checkpoints(
+            self.exp_dir / TRIALS_DIR / trial.dirname, trial.checkpoint)
         ledger.record("driver_start", argv=list(self.argv), resume=bool(self.args.resume),
                       **driver_fields())
         try:
@@ -352,6 +355,16 @@ class Experiment:
         from tuner.results import build_report
 
         build_report(self.exp_dir, data_bundle=self.data, echo=self.echo)
+
+
+def prune_checkpoints(trial_dir: Path, keep_name: str | None, keep: int = 4) -> None:
+    """After a trial ended, keep its newest `keep` checkpoints (always the one the journal
+    names). Ray keeps 3 within one driver run; this also drops what earlier runs left.
+    One more than Ray keeps, so this never races Ray deleting its own oldest."""
+    found = sorted(p for p in trial_dir.glob("checkpoint_*") if p.is_dir())
+    for path in found[:-keep]:
+        if path.name != keep_name:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _dirname_of(trial: Any) -> str:

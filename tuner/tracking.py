@@ -73,6 +73,7 @@ class Ledger:
         self.interrupt_signal: int | None = None
         self.crash_after_results: int | None = _env_int("TIMESCLIP_CRASH_AFTER_RESULTS")
         self.results_seen = 0
+        self.on_end: Callable[[TrialState], None] | None = None
 
     def record(self, event: str, **fields: Any) -> dict[str, Any]:
         """Append to the journal (durably), then update the live state."""
@@ -321,7 +322,10 @@ def record_end(ledger: Ledger, trial: TrialState, *, error: bool,
         d = trial.diverged
         fields["error"] = (f"diverged: non-finite loss ({d.get('loss')}) at epoch "
                            f"{d.get('epoch')}, step {d.get('step')}")
-    return ledger.record("end", **fields)
+    record = ledger.record("end", **fields)
+    if ledger.on_end is not None:
+        ledger.on_end(trial)
+    return record
 
 
 def closable_at_resume(trial: TrialState, max_epochs: int) -> bool:
