@@ -54,18 +54,23 @@ class Journal:
         self.path = Path(path)
         self.segment = segment
         repair_tail(self.path)
-        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (kept open)
+        self._file: Any = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (kept open)
 
     def append(self, event: str, **fields: Any) -> dict[str, Any]:
-        record = {"ev": event, "seg": self.segment, "t": round(time.time(), 3), **fields}
-        line = json.dumps(_plain(record), allow_nan=False, separators=(",", ":"))
+        """Write one event; returns it exactly as written (so the live state that applies
+        it equals what a replay of the file gives)."""
+        record = _plain({"ev": event, "seg": self.segment, "t": round(time.time(), 3),
+                         **fields})
+        if self._file is None:  # a pickled copy (see __getstate__): never writes
+            return record
+        line = json.dumps(record, allow_nan=False, separators=(",", ":"))
         self._file.write(line + "\n")
         self._file.flush()
         os.fsync(self._file.fileno())
         return record
 
     def close(self) -> None:
-        if not self._file.closed:
+        if self._file is not None and not self._file.closed:
             self._file.close()
 
     def __getstate__(self) -> dict[str, Any]:
@@ -75,7 +80,7 @@ class Journal:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.path, self.segment = state["path"], state["segment"]
-        self._file = open(os.devnull, "a", encoding="utf-8")  # noqa: SIM115
+        self._file = None
 
 
 def repair_tail(path: Path) -> None:

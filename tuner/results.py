@@ -526,7 +526,8 @@ def write_summary(path: Path, meta: dict[str, Any], trials: pd.DataFrame,
             f"- wall time: {fmt(progress.get('wall_seconds'), 4)} s over "
             f"{progress.get('drivers', 1)} driver run(s)"
             + (f"; {progress.get('interruptions')} interrupted ("
-               + ", ".join(str(s) for s in progress.get("signals") or []) + ") and resumed"
+               + ", ".join(str(s) for s in progress.get("signals") or []) + ")"
+               + (" and resumed" if progress.get("finished") else "")
                if progress.get("interruptions") else ""),
             "- resources per trial: " + ", ".join(
                 f"{k}={v}" for k, v in (meta.get("resources") or {}).items()),
