@@ -1,0 +1,665 @@
+"""The experiment journal and the driver pieces that write it and rebuild from it.
+
+Fast unit tests on the real classes: `tuner.journal` (writer, replay, selection),
+`tuner.tracking` (end classification, JournaledASHA's rung records and their restore, the
+Optuna study rebuilt from the journal, the sampler's random state) and
+`tuner.trainable.trial_dirname`. No Ray cluster is started.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from optuna.distributions import distribution_to_json, json_to_distribution
+from optuna.trial import TrialState as OptunaState
+from ray.tune.schedulers import TrialScheduler
+
+from tuner.journal import (
+    DIVERGED,
+    ERROR,
+    JOURNAL_FILE,
+    PENDING,
+    RUNNING,
+    TERMINATED,
+    ExperimentState,
+    Journal,
+    TrialState,
+    best_value,
+    read_events,
+    repair_tail,
+    replay,
+    select_best,
+)
+from tuner.tracking import (
+    ASHA_STATE_FILE,
+    JournaledASHA,
+    Ledger,
+    classify_end,
+    closable_at_resume,
+    rebuild_study,
+    record_end,
+    restore_sampler_state,
+    sampler_state,
+)
+from tuner.trainable import trial_dirname
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def ev(kind: str, seg: int, t: float, **fields: Any) -> dict[str, Any]:
+    return {"ev": kind, "seg": seg, "t": t, **fields}
+
+
+def trial_ev(tid: str, seg: int, t: float, index: int, **fields: Any) -> dict[str, Any]:
+    return ev("trial", seg, t, tid=tid, index=index, ray_id=f"ray-{tid}",
+              params={"lr": 1e-3 * (index + 1)}, dir=f"{tid}-dir", **fields)
+
+
+def result_ev(tid: str, seg: int, t: float, epoch: int, value: float, *,
+              decision: str = "continue", **fields: Any) -> dict[str, Any]:
+    return ev("result", seg, t, tid=tid, epoch=epoch, decision=decision,
+              metrics={"epoch": epoch, "val_rmse": value}, ckpt=f"checkpoint_{epoch - 1:06d}",
+              **fields)
+
+
+# ------------------------------------------------------------------------------ replay
+def test_replay_folds_every_kind_of_event():
+    events = [
+        ev("driver_start", 1, 100.0, pid=1, host="h"),
+        trial_ev("t0000", 1, 101.0, 0, sampler={"rng": "first"}),
+        trial_ev("t0001", 1, 102.0, 1, sampler={"rng": "second"}),
+        ev("start", 1, 103.0, tid="t0000", ray_id="ray-t0000"),
+        result_ev("t0000", 1, 104.0, 1, 2.0, node="10.0.0.1/aa", rung=[1.0, 2.0]),
+        result_ev("t0000", 1, 106.0, 2, 1.5, node="10.0.0.1/aa", decision="stop"),
+        ev("end", 1, 107.0, tid="t0000", status=TERMINATED, stopped_by="asha", value=1.5),
+        ev("start", 1, 108.0, tid="t0001", ray_id="ray-t0001"),
+        result_ev("t0001", 1, 109.0, 1, 1.0, node="10.0.0.1/aa"),
+        ev("retry", 1, 110.0, tid="t0001", error="RayActorError: died", node="10.0.0.1"),
+        ev("driver_end", 1, 120.0, how="interrupted", signal="SIGTERM"),
+        ev("driver_start", 2, 500.0, pid=2, host="h"),
+        ev("attach", 2, 501.0, tid="t0001", ray_id="ray-again"),
+        ev("start", 2, 502.0, tid="t0001", ray_id="ray-again"),
+        result_ev("t0001", 2, 505.0, 2, 0.5, node="10.0.0.2/bb"),
+        ev("rung", 2, 506.0, tid="t0001", rung=[2.0, 0.5]),
+        ev("end", 2, 507.0, tid="t0001", status=ERROR, stopped_by="error", error="boom"),
+        trial_ev("t0002", 2, 508.0, 2),
+        ev("driver_end", 2, 510.0, how="finished"),
+    ]
+    state = replay(events)
+    assert list(state.trials) == ["t0000", "t0001", "t0002"]
+    t0, t1, t2 = state.trials.values()
+    assert (t0.status, t0.stopped_by, t0.ended) == (TERMINATED, "asha", True)
+    assert t0.history == {1: {"epoch": 1, "val_rmse": 2.0}, 2: {"epoch": 2, "val_rmse": 1.5}}
+    assert t0.decisions == [(1, "continue"), (2, "stop")] and t0.epochs_run == 2
+    assert t0.checkpoint == "checkpoint_000001" and t0.checkpoint_index == 1
+    assert t0.node == "10.0.0.1/aa" and t0.params == {"lr": 1e-3}
+    assert t0.dirname == "t0000-dir" and t0.ray_ids == ["ray-t0000"]
+    assert (t1.status, t1.stopped_by) == (ERROR, "error") and t1.end["error"] == "boom"
+    assert t1.ray_ids == ["ray-t0001", "ray-again"] and t1.node == "10.0.0.2/bb"
+    assert t1.retries == [{"error": "RayActorError: died", "node": "10.0.0.1", "seg": 1,
+                           "t": 110.0}]
+    assert (t2.status, t2.stopped_by, t2.ended, t2.node) == (PENDING, "unfinished", False, None)
+    assert t2.checkpoint_index == -1 and t2.epochs_run == 0
+    assert state.rungs == [(1.0, "t0000", 2.0), (2.0, "t0001", 0.5)]
+    assert state.rung_table() == {1.0: {"t0000": 2.0}, 2.0: {"t0001": 0.5}}
+    assert [t.tid for t in state.ended] == ["t0000", "t0001"]
+    assert [t.tid for t in state.unfinished] == ["t0002"]
+    assert state.next_index == 3
+    assert state.sampler_state == {"rng": "second"}  # after the last journaled suggestion
+
+
+def test_replay_status_running_after_start_and_result():
+    state = replay([trial_ev("t0000", 1, 1.0, 0), ev("start", 1, 2.0, tid="t0000")])
+    assert state.trials["t0000"].status == RUNNING
+    state = replay([trial_ev("t0000", 1, 1.0, 0), result_ev("t0000", 1, 2.0, 1, 1.0)])
+    assert state.trials["t0000"].status == RUNNING
+    assert not state.trials["t0000"].ended
+
+
+def test_re_reported_epoch_replaces_the_abandoned_attempt():
+    events = [trial_ev("t0000", 1, 0.0, 0)]
+    events += [result_ev("t0000", 1, float(e), e, 1.0 / e) for e in (1, 2, 3, 4)]
+    events += [ev("retry", 1, 5.0, tid="t0000", error="lost"),
+               result_ev("t0000", 1, 6.0, 2, 0.9)]
+    trial = replay(events).trials["t0000"]
+    assert trial.epochs == [1, 2] and trial.epochs_run == 2
+    assert trial.history[2]["val_rmse"] == 0.9
+    assert trial.result_times == {1: 1.0, 2: 6.0}
+    assert trial.checkpoint == "checkpoint_000001" and trial.checkpoint_index == 1
+    assert best_value(trial.history, "val_rmse", "min") == (0.9, 2)
+
+
+def test_events_for_never_created_trials_are_ignored():
+    events = [ev("driver_start", 1, 0.0), trial_ev("t0000", 1, 1.0, 0),
+              result_ev("t0009", 1, 2.0, 1, 0.5, rung=[1.0, 0.5]),
+              ev("rung", 1, 2.5, tid="t0009", rung=[2.0, 0.5]),
+              ev("attach", 1, 3.0, tid="t0009", ray_id="x"),
+              ev("retry", 1, 3.5, tid="t0009", error="x"),
+              ev("end", 1, 4.0, tid="t0009", status=TERMINATED, stopped_by="completed")]
+    state = replay(events)
+    assert list(state.trials) == ["t0000"]
+    assert state.rungs == [] and state.ended == []
+    assert state.segments[1].end == 4.0  # the driver run still lasted until then
+
+
+def test_checkpoint_index():
+    trial = TrialState(tid="t", index=0, params={}, dirname="t")
+    assert trial.checkpoint_index == -1
+    trial.checkpoint = "checkpoint_000012"
+    assert trial.checkpoint_index == 12
+    trial.checkpoint = "weird"
+    assert trial.checkpoint_index == -1
+
+
+def test_wall_seconds_sum_spans_per_driver_run():
+    events = [ev("driver_start", 1, 100.0), trial_ev("t0000", 1, 100.0, 0),
+              ev("start", 1, 110.0, tid="t0000"),
+              result_ev("t0000", 1, 130.0, 1, 1.0),
+              ev("driver_end", 1, 150.0, how="interrupted", signal="SIGINT"),
+              ev("driver_start", 2, 1000.0),
+              ev("attach", 2, 1001.0, tid="t0000", ray_id="r2"),
+              ev("start", 2, 1005.0, tid="t0000"),
+              result_ev("t0000", 2, 1012.0, 2, 0.5),
+              ev("end", 2, 1013.0, tid="t0000", status=TERMINATED, stopped_by="completed"),
+              ev("driver_end", 2, 1020.0, how="finished")]
+    state = replay(events)
+    assert state.trials["t0000"].wall_seconds == pytest.approx(20.0 + 8.0)
+    assert state.wall_seconds == pytest.approx(50.0 + 20.0)
+
+
+def test_segments_how_finished_interrupted_crashed():
+    events = [ev("driver_start", 1, 0.0, pid=11, host="a"),
+              ev("driver_end", 1, 5.0, how="finished"),
+              ev("driver_start", 2, 10.0, pid=12, host="a"),
+              ev("driver_end", 2, 12.0, how="interrupted", signal="SIGTERM"),
+              ev("driver_start", 3, 20.0, pid=13, host="b"),
+              trial_ev("t0000", 3, 27.0, 0)]  # then killed: no driver_end
+    state = replay(events)
+    segs = state.segments
+    assert [(s.seg, s.how, s.signal) for s in segs.values()] == \
+        [(1, "finished", None), (2, "interrupted", "SIGTERM"), (3, "crashed", None)]
+    assert (segs[3].start, segs[3].end, segs[3].pid, segs[3].host) == (20.0, 27.0, 13, "b")
+    assert state.interruptions == 2
+    assert state.wall_seconds == pytest.approx(5.0 + 2.0 + 7.0)
+
+
+def test_live_state_equals_replayed_file(tmp_path):
+    """The driver's live state (apply of what append returns) and the file replayed agree,
+    also for the non-finite values a diverged trial reports (written as null)."""
+    journal = Journal(tmp_path / JOURNAL_FILE, 1)
+    live = ExperimentState()
+    for event in [ev("driver_start", 1, 1.0), trial_ev("t0000", 1, 2.0, 0),
+                  result_ev("t0000", 1, 3.0, 1, 0.7, rung=[1.0, 0.7]),
+                  ev("result", 1, 3.5, tid="t0000", epoch=2, decision="stop",
+                     diverged={"epoch": 2, "step": 4, "loss": math.nan}),
+                  trial_ev("t0001", 1, 4.0, 1),
+                  ev("result", 1, 4.5, tid="t0001", epoch=1, decision="continue",
+                     metrics={"epoch": 1, "val_rmse": math.inf, "val_loss": math.nan}),
+                  ev("end", 1, 5.0, tid="t0000", status=DIVERGED, stopped_by="diverged")]:
+        fields = {k: v for k, v in event.items() if k not in ("ev", "seg")}
+        live.apply(journal.append(event["ev"], **fields))
+    journal.close()
+    replayed = replay(read_events(tmp_path / JOURNAL_FILE))
+    assert replayed.trials["t0000"].diverged == {"epoch": 2, "step": 4, "loss": None}
+    assert replayed == live
+
+
+# ------------------------------------------------------------------------------ Journal
+def test_each_append_is_on_disk_when_it_returns(tmp_path, monkeypatch):
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    path = tmp_path / JOURNAL_FILE
+    journal = Journal(path, 3)
+    for i in range(3):
+        record = journal.append("trial", tid=f"t{i:04d}", index=i, params={"x": 0.5})
+        with open(path, encoding="utf-8") as other:  # another handle, journal still open
+            lines = other.read().splitlines()
+        assert len(lines) == i + 1
+        assert json.loads(lines[-1]) == record and record["seg"] == 3
+        assert len(synced) == i + 1 and synced[-1] == journal._file.fileno()
+    journal.close()
+
+
+def test_append_returns_the_record_as_written(tmp_path):
+    """What append returns is what the driver applies to its live state: it must be the
+    line on disk (non-finite floats as null, numpy scalars as plain numbers)."""
+    import numpy as np
+
+    journal = Journal(tmp_path / JOURNAL_FILE, 1)
+    record = journal.append("result", t=1.0, tid="t0000", epoch=np.int64(2),
+                            metrics={"val_rmse": math.nan, "val_r2": np.float32(0.5)})
+    journal.close()
+    (line,) = (tmp_path / JOURNAL_FILE).read_text().splitlines()
+    assert json.loads(line) == {"ev": "result", "seg": 1, "t": 1.0, "tid": "t0000",
+                                "epoch": 2, "metrics": {"val_rmse": None, "val_r2": 0.5}}
+    assert record == json.loads(line)
+
+
+def test_repair_tail_cuts_a_torn_line_so_the_next_append_parses(tmp_path):
+    path = tmp_path / JOURNAL_FILE
+    whole = json.dumps(ev("driver_start", 1, 1.0))
+    path.write_text(whole + "\n" + '{"ev":"result","seg":1,"t":2.0,"tid":"t00')
+    assert [e["ev"] for e in read_events(path)] == ["driver_start"]  # torn line skipped
+    journal = Journal(path, 2)  # repairs on open
+    journal.append("driver_start", t=3.0)
+    journal.close()
+    lines = path.read_text().splitlines()
+    assert [json.loads(line)["seg"] for line in lines] == [1, 2]
+    repair_tail(path)  # a clean file is left alone
+    assert path.read_text().splitlines() == lines
+
+
+def test_repair_tail_of_a_single_torn_line_and_missing_file(tmp_path):
+    path = tmp_path / JOURNAL_FILE
+    repair_tail(path)  # no file: nothing to do
+    assert not path.exists()
+    path.write_text('{"ev":"dri')
+    repair_tail(path)
+    assert path.read_bytes() == b""
+
+
+def test_pickled_journal_never_writes(tmp_path):
+    path = tmp_path / JOURNAL_FILE
+    journal = Journal(path, 1)
+    journal.append("driver_start", t=1.0)
+    copy = pickle.loads(pickle.dumps(journal))
+    assert copy.path == path and copy.segment == 1
+    copy.append("trial", tid="t0000", index=0, params={})  # silently goes nowhere
+    copy.close()
+    assert [e["ev"] for e in read_events(path)] == ["driver_start"]
+    journal.append("driver_end", t=2.0, how="finished")  # the original still writes
+    journal.close()
+    assert [e["ev"] for e in read_events(path)] == ["driver_start", "driver_end"]
+    pickle.loads(pickle.dumps(copy))  # a copy can be pickled again
+
+
+# ------------------------------------------------------------------------------ selection
+def _state(*trials: tuple[str, str, list[float | None]]) -> ExperimentState:
+    """trials: (tid, status, val_rmse per epoch)."""
+    state = ExperimentState()
+    for index, (tid, status, values) in enumerate(trials):
+        trial = TrialState(tid=tid, index=index, params={}, dirname=tid, status=status)
+        trial.history = {e: {"val_rmse": v, "test_rmse": 0.0}
+                         for e, v in enumerate(values, 1)}
+        state.trials[tid] = trial
+    return state
+
+
+def test_best_value_skips_non_finite_and_breaks_ties_by_earlier_epoch():
+    history = {1: {"m": 3.0}, 2: {"m": math.nan}, 3: {"m": 1.0}, 4: {"m": 1.0},
+               5: {"m": None}, 6: {}, 7: {"m": math.inf}}
+    assert best_value(history, "m", "min") == (1.0, 3)
+    assert best_value(history, "m", "max") == (3.0, 1)
+    value, epoch = best_value({1: {"m": math.nan}}, "m", "min")
+    assert math.isnan(value) and epoch is None
+    # epochs are read in epoch order, whatever the dict's order
+    assert best_value({4: {"m": 2.0}, 2: {"m": 2.0}}, "m", "min") == (2.0, 2)
+
+
+def test_select_best_ties_go_to_the_earlier_trial_and_mode_max():
+    state = _state(("t0000", TERMINATED, [2.0, 1.0]), ("t0001", TERMINATED, [1.0]),
+                   ("t0002", TERMINATED, [0.5, 3.0]))
+    assert select_best(state, "val_rmse", "min").tid == "t0002"
+    assert select_best(state, "val_rmse", "max").tid == "t0002"  # 3.0 at epoch 2
+    tie = _state(("t0000", TERMINATED, [5.0, 1.0]), ("t0001", TERMINATED, [1.0]))
+    assert select_best(tie, "val_rmse", "min").tid == "t0000"
+    assert select_best(tie, "val_rmse", "max").tid == "t0000"
+
+
+def test_select_best_never_picks_failed_unfinished_or_by_test_metric():
+    state = _state(("t0000", ERROR, [0.1]), ("t0001", DIVERGED, [0.2]),
+                   ("t0002", RUNNING, [0.3]), ("t0003", PENDING, []),
+                   ("t0004", TERMINATED, [2.0]), ("t0005", TERMINATED, [1.0]),
+                   ("t0006", TERMINATED, [math.nan]))
+    state.trials["t0004"].history[1]["test_rmse"] = -100.0  # far the best test score
+    assert select_best(state, "val_rmse", "min").tid == "t0005"
+    assert select_best(_state(("t0000", ERROR, [0.1]), ("t0001", TERMINATED, [math.nan])),
+                       "val_rmse", "min") is None
+
+
+# ------------------------------------------------------------------------------ endings
+def _trial(epochs: int, decisions: list[str] | None = None, *, diverged: bool = False,
+           status: str = RUNNING) -> TrialState:
+    trial = TrialState(tid="t0000", index=0, params={}, dirname="t0000", status=status)
+    trial.history = {e: {"val_rmse": 1.0 / e} for e in range(1, epochs + 1)}
+    decisions = decisions if decisions is not None else ["continue"] * epochs
+    trial.decisions = list(enumerate(decisions, 1))
+    if diverged:
+        trial.diverged = {"epoch": epochs + 1, "step": 2, "loss": None}
+    return trial
+
+
+def test_classify_end_for_each_ending():
+    assert classify_end(_trial(8), 8, error=False) == (TERMINATED, "completed")
+    assert classify_end(_trial(8, ["continue"] * 7 + ["stop"]), 8, error=False) == \
+        (TERMINATED, "completed")  # ASHA stops every trial at max_t: that is completion
+    assert classify_end(_trial(2, ["continue", "stop"]), 8, error=False) == (TERMINATED, "asha")
+    assert classify_end(_trial(5), 8, error=False) == (TERMINATED, "early_stopping")
+    assert classify_end(_trial(0), 8, error=False) == (TERMINATED, "early_stopping")
+    assert classify_end(_trial(3, diverged=True), 8, error=False) == (DIVERGED, "diverged")
+    assert classify_end(_trial(3), 8, error=True) == (ERROR, "error")
+    assert classify_end(_trial(3, diverged=True), 8, error=True) == (ERROR, "error")
+
+
+def test_closable_at_resume_for_each_ending():
+    assert closable_at_resume(_trial(2, ["continue", "stop"]), 8)  # ASHA decided, unjournaled
+    assert closable_at_resume(_trial(2, diverged=True), 8)
+    assert not closable_at_resume(_trial(2), 8)  # still training: continue it
+    assert not closable_at_resume(_trial(0), 8)  # never reported
+    assert not closable_at_resume(_trial(2, ["stop", "continue"]), 8)  # only the last counts
+    for status in (TERMINATED, ERROR, DIVERGED):  # already ended
+        assert not closable_at_resume(_trial(2, ["continue", "stop"], status=status), 8)
+
+
+def test_record_end_journals_the_value_selection_uses(tmp_path):
+    journal = Journal(tmp_path / JOURNAL_FILE, 1)
+    ledger = Ledger(journal, ExperimentState(), metric="val_rmse", mode="min", max_epochs=8,
+                    experiment_dir=tmp_path)
+    ledger.record("trial", tid="t0000", index=0, params={}, dir="t0000")
+    for epoch, value in ((1, 1.0), (2, 0.4), (3, 0.6)):
+        ledger.record("result", tid="t0000", epoch=epoch, decision="continue",
+                      metrics={"val_rmse": value})
+    end = record_end(ledger, ledger.state.trials["t0000"], error=False)
+    journal.close()
+    assert (end["status"], end["stopped_by"], end["value"], end["best_epoch"],
+            end["epochs_run"]) == (TERMINATED, "early_stopping", 0.4, 2, 3)
+    assert read_events(tmp_path / JOURNAL_FILE)[-1] == end
+
+
+# ------------------------------------------------------------------------------ ASHA
+class FakeTrial:
+    """What ASHA reads of a Ray Trial: its (per-driver) id."""
+
+    def __init__(self, trial_id: str) -> None:
+        self.trial_id = trial_id
+
+
+MAX_T = 8
+# (tid, epoch, val_rmse) or (tid, "done"): the trial ended on its own (trainer) after its
+# last report. Part 1 runs in driver 1; PART2 after a restart (t0000 continues).
+PART1 = [("t0000", 1, 1.0), ("t0001", 1, 2.0), ("t0000", 2, 0.8), ("t0002", 1, 0.9),
+         ("t0002", 2, 0.85), ("t0000", 3, 0.7), ("t0000", 4, 0.6), ("t0005", 1, 0.97),
+         ("t0005", 2, 0.7), ("t0005", "done")]
+PART2 = [("t0003", 1, 1.5), ("t0004", 1, 0.95), ("t0004", 2, 0.9), ("t0000", 5, 0.55),
+         ("t0000", 6, 0.5), ("t0000", 7, 0.45), ("t0000", 8, 0.4)]
+TRIALS = ["t0000", "t0001", "t0002", "t0003", "t0004", "t0005"]
+
+
+class AshaDriver:
+    """One driver run: a real Journal + Ledger + JournaledASHA; feeds results the way Tune
+    calls the scheduler (on_trial_result; on_trial_complete after a STOP or an end)."""
+
+    def __init__(self, exp_dir: Path, seg: int, *, restore: bool = False) -> None:
+        self.exp_dir = exp_dir
+        state = replay(read_events(exp_dir / JOURNAL_FILE))
+        self.journal = Journal(exp_dir / JOURNAL_FILE, seg)
+        self.ledger = Ledger(self.journal, state, metric="val_rmse", mode="min",
+                             max_epochs=MAX_T, experiment_dir=exp_dir)
+        self.asha = JournaledASHA(self.ledger, time_attr="epoch", metric="val_rmse",
+                                  mode="min", max_t=MAX_T, grace_period=1, reduction_factor=2)
+        self.restored = self.asha.restore(state.rungs) if restore else 0
+        self.seg = seg
+        self.fakes: dict[str, FakeTrial] = {}
+        self.last: dict[str, dict[str, Any]] = {}
+
+    def fake(self, tid: str) -> FakeTrial:
+        if tid not in self.fakes:
+            if tid not in self.ledger.state.trials:
+                self.ledger.record("trial", tid=tid, index=int(tid[1:]), params={}, dir=tid)
+            ray_id = f"ray{self.seg}-{tid}"
+            self.ledger.tid_by_ray[ray_id] = tid
+            self.fakes[tid] = FakeTrial(ray_id)
+            self.asha.on_trial_add(None, self.fakes[tid])
+        return self.fakes[tid]
+
+    def feed(self, steps: list[tuple]) -> list[str]:
+        decisions = []
+        for step in steps:
+            tid = step[0]
+            trial = self.fake(tid)
+            if step[1] == "done":
+                self.asha.on_trial_complete(None, trial, self.last[tid])
+                continue
+            result = {"epoch": step[1], "val_rmse": step[2]}
+            self.last[tid] = result
+            action = self.asha.on_trial_result(None, trial, result)
+            decisions.append(action)
+            if action == TrialScheduler.STOP:
+                self.asha.on_trial_complete(None, trial, result)
+        return decisions
+
+    def close(self) -> None:
+        self.journal.close()
+
+
+def _expected_rungs_after_part1() -> dict[float, dict[str, float]]:
+    return {8.0: {}, 4.0: {"t0000": 0.6},
+            2.0: {"t0000": 0.8, "t0002": 0.85, "t0005": 0.7},
+            1.0: {"t0000": 1.0, "t0001": 2.0, "t0002": 0.9, "t0005": 0.97}}
+
+
+def test_asha_rung_records_journal_and_snapshot_agree(tmp_path):
+    driver = AshaDriver(tmp_path, 1)
+    decisions = driver.feed(PART1)
+    driver.close()
+    S, C = TrialScheduler.STOP, TrialScheduler.CONTINUE
+    assert decisions == [C, S, C, C, S, C, C, C, C]
+    records = driver.asha.rung_records()
+    assert records == _expected_rungs_after_part1()
+    # The journal: one result line per report, with the decision and the rung it added.
+    events = read_events(tmp_path / JOURNAL_FILE)
+    results = [e for e in events if e["ev"] == "result"]
+    assert [(e["tid"], e["epoch"], e["decision"]) for e in results] == \
+        [(s[0], s[1], "stop" if d == S else "continue")
+         for s, d in zip([s for s in PART1 if s[1] != "done"], decisions)]
+    rung_of = {(e["tid"], e["epoch"]): tuple(e["rung"]) for e in results if "rung" in e}
+    assert rung_of == {("t0000", 1): (1.0, 1.0), ("t0001", 1): (1.0, 2.0),
+                       ("t0000", 2): (2.0, 0.8), ("t0002", 1): (1.0, 0.9),
+                       ("t0002", 2): (2.0, 0.85), ("t0000", 4): (4.0, 0.6),
+                       ("t0005", 1): (1.0, 0.97), ("t0005", 2): (2.0, 0.7)}
+    assert replay(events).rung_table() == {m: r for m, r in records.items() if r}
+    snapshot = json.loads((tmp_path / ASHA_STATE_FILE).read_text())
+    assert {s["milestone"]: s["records"] for s in snapshot["rungs"]} == records
+    assert (snapshot["metric"], snapshot["mode"], snapshot["max_t"]) == ("val_rmse", "min", 8)
+
+
+def test_asha_completion_at_max_t_journals_a_rung_event(tmp_path):
+    driver = AshaDriver(tmp_path, 1)
+    decisions = driver.feed(PART1 + PART2)
+    driver.close()
+    assert decisions[-1] == TrialScheduler.STOP  # epoch 8 = max_t
+    rungs = [e for e in read_events(tmp_path / JOURNAL_FILE) if e["ev"] == "rung"]
+    assert [(e["tid"], e["rung"]) for e in rungs] == [("t0000", [8.0, 0.4])]
+    assert driver.asha.rung_records()[8.0] == {"t0000": 0.4}
+    snapshot = json.loads((tmp_path / ASHA_STATE_FILE).read_text())
+    assert {s["milestone"]: s["records"] for s in snapshot["rungs"]}[8.0] == {"t0000": 0.4}
+
+
+def test_restored_asha_decides_like_an_uninterrupted_one(tmp_path):
+    # The reference: one driver, never interrupted.
+    (tmp_path / "whole").mkdir()
+    whole = AshaDriver(tmp_path / "whole", 1)
+    expected = whole.feed(PART1 + PART2)[sum(1 for s in PART1 if s[1] != "done"):]
+    whole.close()
+
+    exp = tmp_path / "resumed"
+    exp.mkdir()
+    first = AshaDriver(exp, 1)
+    first.feed(PART1)
+    first.close()  # the driver stops here; a new one replays the journal
+    second = AshaDriver(exp, 2, restore=True)
+    assert second.restored == 8
+    assert second.asha.rung_records() == first.asha.rung_records()
+    decisions = second.feed(PART2)
+    second.close()
+    assert decisions == expected
+    # t0003's first report is cut only because of the restored records at epoch 1.
+    assert decisions[0] == TrialScheduler.STOP
+    assert second.asha.rung_records() == whole.asha.rung_records()
+    assert replay(read_events(exp / JOURNAL_FILE)).rung_table() == \
+        {m: r for m, r in whole.asha.rung_records().items() if r}
+
+
+def test_asha_restore_ignores_duplicates_and_unknown_milestones(tmp_path):
+    driver = AshaDriver(tmp_path, 1)
+    count = driver.asha.restore([(1.0, "t0000", 1.0), (1.0, "t0000", 5.0), (3.0, "t0001", 1.0),
+                                 (2.0, "t0001", 0.5)])
+    driver.close()
+    assert count == 2
+    assert driver.asha.rung_records() == {8.0: {}, 4.0: {}, 2.0: {"t0001": 0.5},
+                                          1.0: {"t0000": 1.0}}
+
+
+# ------------------------------------------------------------------------------ Optuna study
+def _suggest(trial: optuna.Trial, index: int) -> dict[str, Any]:
+    params: dict[str, Any] = {"use_contrastive": trial.suggest_categorical(
+        "use_contrastive", [True, False])}
+    if params["use_contrastive"]:
+        params["temperature"] = trial.suggest_float("temperature", 0.01, 0.5, log=True)
+    params["lr"] = trial.suggest_float("lr", 1e-4, 1e-2, log=True)
+    return params
+
+
+def test_rebuild_study_holds_exactly_the_journaled_trials(tmp_path):
+    db = tmp_path / "optuna.db"
+    storage_url = f"sqlite:///{db}"
+    study = optuna.create_study(storage=storage_url, study_name="exp", direction="minimize",
+                                sampler=optuna.samplers.RandomSampler(seed=1))
+    journal = Journal(tmp_path / JOURNAL_FILE, 1)
+    ledger = Ledger(journal, ExperimentState(), metric="val_rmse", mode="min", max_epochs=4,
+                    experiment_dir=tmp_path)
+    ledger.record("driver_start")
+    # (how it ends, val_rmse per epoch, last decision)
+    plan = [("completed", [1.0, 0.6, 0.7, 0.8]), ("asha", [2.0, 1.9]), ("diverged", [1.5]),
+            ("error", [1.2, 1.1]), ("running", [0.9]), ("pending", [])]
+    journaled: list[dict[str, Any]] = []
+    for index, (how, values) in enumerate(plan):
+        ot = study.ask()
+        params = _suggest(ot, index)
+        tid = f"t{index:04d}"
+        dists = {k: distribution_to_json(d) for k, d in ot.distributions.items()}
+        ledger.record("trial", tid=tid, index=index, ray_id=f"ray-{tid}", params=params,
+                      dir=tid, optuna={"number": ot.number, "distributions": dists})
+        journaled.append({"params": params, "distributions": dists})
+        for epoch, value in enumerate(values, 1):
+            last = epoch == len(values)
+            ledger.record("result", tid=tid, epoch=epoch, metrics={"val_rmse": value},
+                          decision="stop" if last and how == "asha" else "continue",
+                          ckpt=f"checkpoint_{epoch - 1:06d}")
+        if how == "diverged":
+            ledger.record("result", tid=tid, epoch=2, decision="stop",
+                          diverged={"epoch": 2, "step": 1, "loss": None})
+        if how in ("completed", "asha", "diverged", "error"):
+            record_end(ledger, ledger.state.trials[tid], error=how == "error",
+                       error_text="RuntimeError: x")
+    study.ask()  # asked, then the driver died before journaling it
+    journal.close()
+    assert len(study.trials) == 7
+
+    state = replay(read_events(tmp_path / JOURNAL_FILE))
+    ids = rebuild_study(db, study_name="exp", direction="minimize", state=state,
+                        replays=state.unfinished, metric="val_rmse")
+    rebuilt = optuna.load_study(study_name="exp", storage=storage_url)
+    trials = rebuilt.trials
+    assert [t.number for t in trials] == [0, 1, 2, 3, 4, 5]
+    assert [t.user_attrs["trial_id"] for t in trials] == [f"t{i:04d}" for i in range(6)]
+    assert [t.user_attrs["ray_trial_id"] for t in trials] == [f"ray-t{i:04d}" for i in range(6)]
+    assert [t.state for t in trials] == [OptunaState.COMPLETE, OptunaState.PRUNED,
+                                         OptunaState.PRUNED, OptunaState.FAIL,
+                                         OptunaState.RUNNING, OptunaState.RUNNING]
+    for trial, original in zip(trials, journaled):
+        assert trial.params == original["params"]
+        assert trial.distributions == {k: json_to_distribution(v)
+                                       for k, v in original["distributions"].items()}
+    complete, asha, diverged, failed, running, pending = trials
+    assert complete.value == pytest.approx(0.6)  # the best epoch, not the last
+    assert complete.intermediate_values == {1: 1.0, 2: 0.6, 3: 0.7, 4: 0.8}
+    assert complete.user_attrs["stopped_by"] == "completed"
+    assert asha.intermediate_values == {1: 2.0, 2: 1.9} and asha.value == pytest.approx(1.9)
+    assert asha.user_attrs["stopped_by"] == "asha"
+    assert diverged.intermediate_values == {1: 1.5}
+    assert diverged.user_attrs["status"] == DIVERGED
+    assert failed.value is None and failed.user_attrs["status"] == ERROR
+    assert running.intermediate_values == {1: 0.9} and pending.intermediate_values == {}
+    assert ids == {"t0004": running._trial_id, "t0005": pending._trial_id}
+    assert not list(tmp_path.glob(".optuna.db.rebuild-*"))
+    # The resumed trials can be reported to and told, as the searcher does.
+    resumed = optuna.trial.Trial(rebuilt, ids["t0004"])
+    resumed.report(0.85, 2)
+    rebuilt.tell(resumed, 0.85)
+    assert optuna.load_study(study_name="exp", storage=storage_url).trials[4].state == \
+        OptunaState.COMPLETE
+
+
+# ------------------------------------------------------------------------------ sampler RNG
+def _objective(trial: optuna.Trial) -> float:
+    params = _suggest(trial, trial.number)
+    return math.log10(params["lr"]) ** 2 + params.get("temperature", 0.3)
+
+
+@pytest.mark.parametrize(("make", "before", "after"), [
+    (lambda: optuna.samplers.RandomSampler(seed=7), 4, 4),
+    (lambda: optuna.samplers.TPESampler(seed=7), 3, 3),  # TPE's random start-up trials
+    (lambda: optuna.samplers.TPESampler(seed=7, n_startup_trials=4), 6, 3),  # TPE proper
+], ids=["random", "tpe-startup", "tpe"])
+def test_restored_sampler_continues_the_same_random_stream(make, before, after):
+    uninterrupted = optuna.create_study(sampler=make())
+    uninterrupted.optimize(_objective, n_trials=before)
+    saved = json.loads(json.dumps(sampler_state(uninterrupted.sampler)))  # as journaled
+    uninterrupted.optimize(_objective, n_trials=after)
+    expected = [t.params for t in uninterrupted.trials[before:]]
+
+    def resumed(restore: bool) -> list[dict[str, Any]]:
+        study = optuna.create_study(sampler=make())
+        for trial in uninterrupted.trials[:before]:
+            study.add_trial(trial)
+        if restore:
+            assert restore_sampler_state(study.sampler, saved)
+        study.optimize(_objective, n_trials=after)
+        return [t.params for t in study.trials[before:]]
+
+    assert resumed(restore=True) == expected
+    assert resumed(restore=False) != expected  # a fresh seed would repeat other values
+
+
+def test_sampler_state_of_an_unknown_sampler():
+    assert sampler_state(object()) is None
+    assert restore_sampler_state(optuna.samplers.RandomSampler(seed=1), None) is False
+    assert restore_sampler_state(object(), {"rng": {}}) is False
+
+
+# ------------------------------------------------------------------------------ trial folders
+def test_trial_dirname_is_one_short_component_with_key_parameters():
+    params = {"lr": 0.00123, "contrastive_weight": 0.125, "temperature": 0.0512,
+              "hybrid_alpha": 0.5, "weight_decay": 1e-5, "trial_id": "t0003"}
+    name = trial_dirname("t0003", params)
+    assert name == "t0003-cw0.12-temp0.051-alpha0.5-lr0.0012"
+    assert trial_dirname("t0007", {"ablation": "E3", "seed": 2}) == "t0007-E3-seed2"
+    assert trial_dirname("t0001", {"use_contrastive": False, "lr": 1e-3, "trial_id": "t0001"}) \
+        == "t0001-lr0.001-con0"  # the trial id is not repeated as a parameter
+    odd = trial_dirname("t0002", {"language_backbone": "../../etc/passwd x",
+                                  "backbone": "org/model:v1", "lr": 0.5, "patch": "6 / 3"})
+    long = trial_dirname("t0004", {f"a_very_long_parameter_name_{i}": "value" * 20
+                                   for i in range(6)}, limit=64)
+    for name in (odd, long, trial_dirname("t0005", {})):
+        assert "/" not in name and os.sep not in name and "\\" not in name
+        assert name not in ("", ".", "..") and not name.startswith(".")
+        assert " " not in name and len(name) <= 64
+        assert name[0] == "t"
+    assert odd.startswith("t0002-lr0.5-")
+    assert len(long) == 64 and long.startswith("t0004-") and not long.endswith("-")
+    assert trial_dirname("t0005", {}) == "t0005"
+    assert len(trial_dirname("t0006", params, limit=12)) <= 12
