@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import pickle
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -35,3 +37,55 @@ def small_bundle(small_csvs, tiny_config):
     from timesclip.data import load_bundle
 
     return load_bundle(tiny_config, small_csvs)
+
+
+class _Payload:
+    """Unpickling this creates `marker`: what a crafted checkpoint could do instead."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _write_crafted_checkpoint(path: Path, marker: Path, *, zip_format: bool = True) -> Path:
+    """A checkpoint-looking file whose unpickling would create `marker`."""
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"epoch": 1, "config": {}, "model": _Payload(marker)}
+    if zip_format:
+        torch.save(payload, path)  # torch's own container, the pickle inside
+    else:
+        path.write_bytes(pickle.dumps(payload, protocol=2))  # a bare pickle (legacy format)
+    return path
+
+
+@pytest.fixture(scope="session")
+def crafted_checkpoint() -> Callable[..., Path]:
+    """write(path, marker, zip_format=True) -> path of a checkpoint that must never load."""
+    return _write_crafted_checkpoint
+
+
+def _expected_params(config, n_variates: int) -> dict[str, int]:
+    """Parameter counts derived from what the model is made of, not from count_parameters:
+    frozen = the CLIP towers that stay frozen (the vision tower when used, the pretrained
+    text encoder unless fine-tuned), trainable = everything else the model holds."""
+    from timesclip.model import TimesCLIP, load_backbone
+
+    backbone = load_backbone(config.backbone)
+    model = TimesCLIP(config, n_variates, backbone)
+    encoder = sum(p.numel() for p in model.language.encoder_parameters())
+    assert encoder > 0
+    held = sum(p.numel() for p in model.parameters())
+    frozen_text = encoder if config.language_backbone == "clip" and config.freeze_text else 0
+    vision = sum(p.numel() for p in backbone.vision.parameters()) if config.use_vision else 0
+    return {"total": held + vision, "trainable": held - frozen_text,
+            "frozen": frozen_text + vision}
+
+
+@pytest.fixture(scope="session")
+def expected_params() -> Callable[..., dict[str, int]]:
+    """expected(config, n_variates) -> {"total", "trainable", "frozen"}."""
+    return _expected_params

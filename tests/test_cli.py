@@ -8,6 +8,7 @@ independent failing runs go through a small process pool.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -19,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -98,11 +100,20 @@ def trained(small_csvs, tmp_path_factory):
     assert train.returncode == 0, train
     out = cwd / "OUT"
     after_train = listing(cwd)
+    no_red = cwd.parent / f"{cwd.name}-inputs" / "no_red.csv"  # outside cwd: listing unchanged
+    no_red.parent.mkdir()
+    frame = pd.read_csv(small_csvs[0])
+    frame.drop(columns=[c for c in frame.columns if c.startswith("red_")]).to_csv(no_red,
+                                                                                   index=False)
     evals = run_many({
         "test": (["evaluate", "--checkpoint", out, "--data", *small_csvs, "--subset", "test",
                   "--device", "cpu"], cwd),
         "all": (["evaluate", "--checkpoint", out / "best.pt", "--data", *small_csvs,
                  "--subset", "all", "--device", "cpu", "--json", cwd / "all.json"], cwd),
+        "lacks-band": (["evaluate", "--checkpoint", out, "--data", no_red, "--device", "cpu"],
+                       cwd),
+        "lacks-band-test": (["evaluate", "--checkpoint", out, "--data", no_red, *small_csvs[1:],
+                             "--subset", "test", "--device", "cpu"], cwd),
     }, threads=None)
     return {"train": train, "out": out, "cwd": cwd, "after_train": after_train, **evals}
 
@@ -129,14 +140,15 @@ def test_config_yaml_is_exactly_the_flags(trained):
         TrainConfig.field_names())
 
 
-def test_metrics_json_has_the_contract_keys(trained):
+def test_metrics_json_has_the_contract_keys(trained, expected_params):
     m = json.loads((trained["out"] / "metrics.json").read_text())
     for part in ("val", "test"):
         assert set(m[part]) >= {"rmse", "mae", "r2", "mape"}
         assert all(math.isfinite(m[part][k]) for k in ("rmse", "mae", "r2", "mape"))
-        assert m[part]["rmse"] >= m[part]["mae"] > 0
-    assert isinstance(m["params"]["total"], int) and isinstance(m["params"]["trainable"], int)
-    assert m["params"]["total"] >= m["params"]["trainable"] > 0
+        assert m[part]["rmse"] > 0 and m[part]["mae"] > 0
+    assert all(isinstance(m["params"][k], int) for k in ("total", "trainable", "frozen"))
+    config = TrainConfig.from_yaml(trained["out"] / "config.yaml")
+    assert m["params"] == expected_params(config, 2)  # bands ndvi, red
     assert m["train_seconds"] > 0
     assert m["backbone"] == "tiny"
     assert m["epochs_run"] == 2
@@ -177,6 +189,13 @@ def test_evaluate_all_rows(trained, small_csvs):
     assert result["n"] == len(load_csvs(small_csvs)) > 0
     assert all(math.isfinite(result[k]) for k in ("rmse", "mae", "r2", "mape"))
     assert json.loads((trained["cwd"] / "all.json").read_text()) == result
+
+
+@pytest.mark.parametrize("run", ["lacks-band", "lacks-band-test"])
+def test_evaluate_on_data_lacking_a_band_names_the_models_bands(trained, run):
+    line = assert_one_line_error(trained[run], 2, "no_red.csv", "lacks band(s) red",
+                                 "trained on bands ndvi, red", "pass CSVs that have")
+    assert "--bands" not in line  # evaluate has no such flag
 
 
 # ----------------------------------------------------------------------------- precedence
@@ -310,7 +329,14 @@ FILES = {
     "empty.csv": lambda: "",
     "header_only.csv": lambda: ",".join(_table()[0]) + "\n",
     "unknown_key.yaml": lambda: yaml.safe_dump({"temperature": 0.2, "bogus_knob": 3}),
+    "good_copy.csv": lambda: _csv(*_table()),
+    "dupe_rows.csv": lambda: _with_repeats(),
 }
+
+
+def _with_repeats() -> str:
+    header, body = _table()
+    return _csv(header, [*body, body[3], body[7]])  # data rows 21, 22 repeat rows 4, 8
 
 BASE = ["train", "--backbone", "tiny", "--device", "cpu", "--out", "OUT"]
 #: case id -> (args after BASE, substrings of the error line); "{x}" -> inputs/x.
@@ -345,6 +371,13 @@ BAD_CASES: dict[str, tuple[list[str], list[str]]] = {
                                          "some-org/no-such-model"],
                                         ["some-org/no-such-model", "tiny"]),
     "out-not-empty": (["--data", "{good.csv}"], ["OUT", "not empty"]),
+    "test-year-without-year-split": (["--data", "{good.csv}", "--test-year", "2019"],
+                                     ["test_year (2019)", "add --split year or drop "
+                                      "--test-year"]),
+    "same-file-twice": (["--data", "{good.csv}", "{good.csv}"],
+                        ["good.csv", "same file given twice"]),
+    "same-content": (["--data", "{good.csv}", "{good_copy.csv}"],
+                     ["good_copy.csv", "same content as", "good.csv", "pass each file once"]),
 }
 
 
@@ -355,15 +388,19 @@ EDGE_CASES = {
     "out-parent-is-a-file": "--out below a regular file: one line, exit 2",
     "checkpoint-not-a-checkpoint": "evaluate --checkpoint FILE.csv: one line, exit 2",
 }
+#: Checkpoints whose unpickling would create a marker file: evaluate must refuse them unread.
+CRAFTED = {"crafted-zip": True, "crafted-bare-pickle": False}
 
 
 @pytest.fixture(scope="module")
-def inputs(tmp_path_factory) -> Path:
+def inputs(tmp_path_factory, crafted_checkpoint) -> Path:
     d = tmp_path_factory.mktemp("cli-inputs")
     for name, make in FILES.items():
         (d / name).write_text(make())
     (d / "a_directory").mkdir()
     (d / "a_directory" / "x.csv").write_text(FILES["good.csv"]())
+    for case, zip_format in CRAFTED.items():
+        crafted_checkpoint(d / case / "best.pt", d / f"{case}.marker", zip_format=zip_format)
     return d
 
 
@@ -400,6 +437,13 @@ def bad_runs(inputs, tmp_path_factory):
                                     root / "out-parent-is-a-file")
     jobs["checkpoint-not-a-checkpoint"] = (["evaluate", "--checkpoint", good, "--data", good],
                                            root / "checkpoint-not-a-checkpoint")
+    for case in (*CRAFTED, "duplicate-rows"):
+        (root / case).mkdir()
+        before[case] = []
+    for case in CRAFTED:
+        jobs[case] = (["evaluate", "--checkpoint", inputs / case, "--data", good], root / case)
+    jobs["duplicate-rows"] = ([*BASE, *quick[:1], inputs / "dupe_rows.csv", *quick[2:]],
+                              root / "duplicate-rows")
     return run_many(jobs), before
 
 
@@ -433,6 +477,24 @@ def test_output_and_checkpoint_edge_cases(bad_runs, case):
     assert listing(run.cwd) == []
 
 
+@pytest.mark.parametrize("case", list(CRAFTED))
+def test_evaluate_refuses_a_crafted_checkpoint_without_running_it(bad_runs, inputs, case):
+    run = bad_runs[0][case]
+    assert_one_line_error(run, 2, "best.pt", "not a timesclip checkpoint")
+    assert not (inputs / f"{case}.marker").exists()
+    assert listing(run.cwd) == []
+
+
+def test_duplicate_rows_warn_in_one_line_and_train(bad_runs):
+    run = bad_runs[0]["duplicate-rows"]
+    assert run.returncode == 0, run
+    warnings = [ln for ln in run.stderr.splitlines() if ln.startswith("warning:")]
+    assert len(warnings) == 1, run
+    assert "2 of 22 rows repeat an earlier row exactly" in warnings[0]
+    assert "2 within a file, 0 across files" in warnings[0]
+    assert (run.cwd / "OUT" / "metrics.json").exists()
+
+
 # ----------------------------------------------------------------------------- non-finite loss
 def test_non_finite_loss_exits_1_with_one_line_and_no_output(small_csvs, tmp_path):
     # A temperature that passes validation (> 0) but underflows to exactly 0 in float32
@@ -457,3 +519,102 @@ def test_help(argv, needles, tmp_path):
     assert run.stderr == ""
     for needle in needles:
         assert needle in run.stdout, needle
+
+
+def test_help_shows_real_defaults_and_one_spelling_per_flag():
+    from dataclasses import fields
+
+    from timesclip.cli_args import UNDERSCORE_NOTE
+
+    subcommands = next(a for a in build_parser()._actions
+                       if isinstance(a, argparse._SubParsersAction))
+    train = subcommands.choices["train"]
+    text = train.format_help()
+    assert "default: None" not in text
+    flags, note = text.split("Every --a-b flag")  # the one sentence about underscores
+    assert " ".join(f"Every --a-b flag{note}".split()) == UNDERSCORE_NOTE
+    assert not re.search(r"--[a-z0-9-]*_", flags)  # help lists one spelling per flag
+    by_dest = {a.dest: a for a in train._actions}
+    defaults = TrainConfig()
+    for f in fields(TrainConfig):
+        value = getattr(defaults, f.name)
+        help_text = by_dest[f.name].help
+        if isinstance(value, bool):
+            assert help_text.endswith(f"(default: {'on' if value else 'off'})"), f.name
+        elif isinstance(value, float):
+            assert help_text.endswith(f"(default: {value:g})"), f.name
+        elif value is not None:
+            assert help_text.endswith(f"(default: {value})"), f.name
+        else:
+            assert "None" not in help_text, f.name
+    assert by_dest["input_steps"].help.endswith("(default: 12)")
+    assert by_dest["contrastive_weight"].help.endswith("(default: 0.1)")
+    assert "default" not in by_dest["test_year"].help  # nothing rather than None
+
+
+@pytest.mark.parametrize("underscore, kebab", [
+    (["--input_steps", "6"], ["--input-steps", "6"]),
+    (["--input_steps=6"], ["--input-steps", "6"]),
+    (["--contrastive_weight", "0.3"], ["--contrastive-weight", "0.3"]),
+    (["--batch_size", "16"], ["--batch-size", "16"]),
+    (["--language_only"], ["--language-only"]),
+    (["--no_contrastive"], ["--no-contrastive"]),
+    (["--no_variate_selection"], ["--no-variate-selection"]),
+    (["--no_freeze_text", "--backbone_lr", "1e-6"], ["--no-freeze-text", "--backbone-lr",
+                                                     "1e-6"]),
+    (["--split", "year", "--test_year", "2019", "--split_seed", "3"],
+     ["--split", "year", "--test-year", "2019", "--split-seed", "3"]),
+])
+def test_underscore_spellings_are_aliases(underscore, kebab):
+    assert _parsed(*underscore) == _parsed(*kebab) != _parsed()
+
+
+def test_every_field_flag_accepts_underscores():
+    from timesclip.cli_args import flag
+
+    parser = build_parser()
+    for name in TrainConfig.field_names():
+        if "_" not in name:
+            continue
+        alias = flag(name).replace("-", "_").replace("__", "--", 1)
+        value = [] if str(TrainConfig.__dataclass_fields__[name].type) == "bool" else ["1"]
+        a = parser.parse_args(["train", alias, *value])
+        b = parser.parse_args(["train", flag(name), *value])
+        assert getattr(a, name) == getattr(b, name) is not None, name
+
+
+def test_underscores_leave_values_and_unknown_flags_alone(capsys):
+    from timesclip.cli_args import OneLineErrorParser, add_data_flags
+
+    parser = OneLineErrorParser(prog="search-like")  # what tuner.search builds on
+    add_data_flags(parser)
+    args = parser.parse_args(["--data", "my_file.csv", "--input_steps", "6", "--bands",
+                              "a_b,c_d"])
+    assert args.data == ["my_file.csv"] and args.input_steps == 6 and args.bands == "a_b,c_d"
+    with pytest.raises(SystemExit) as info:
+        parser.parse_args(["--no_such_flag", "1"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "--no_such_flag" in err[0]
+
+
+def test_test_year_needs_the_year_split(tmp_path):
+    with pytest.raises(ConfigError, match=r"add --split year or drop --test-year"):
+        TrainConfig(test_year=2020)
+    with pytest.raises(ConfigError, match=r"test_year \(2020\).*split is 'random'"):
+        _parsed("--test-year", "2020")
+    # a full TrainConfig written to YAML (best_config.yaml holds every field) loads again
+    for config in (TrainConfig(), TrainConfig(split="year", test_year=2020, bands=["a", "b"])):
+        path = tmp_path / "full.yaml"
+        config.to_yaml(path, provenance={"experiment": "x"})
+        assert TrainConfig.from_yaml(path) == config
+        assert _parsed("--config", str(path)) == config
+    # --split random over a year-split config drops the file's test_year with its split
+    assert _parsed("--config", str(path), "--split", "random") == config.replace(
+        split="random", test_year=None)
+    with pytest.raises(ConfigError, match="drop --test-year"):
+        _parsed("--config", str(path), "--split", "random", "--test-year", "2020")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"test_year": 2019}))
+    with pytest.raises(ConfigError, match="add --split year"):
+        TrainConfig.from_yaml(bad)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import os
+import pathlib
+import re
 from pathlib import Path
 
 import numpy as np
@@ -110,7 +111,7 @@ def test_load_single_file_layout(tmp_path):
         for s in range(4):
             assert t.x[r, s, 0] == pytest.approx(value("ndvi", r, s))
             assert t.x[r, s, 1] == pytest.approx(value("red", r, s))
-    assert len(t.fingerprint) == 16 and int(t.fingerprint, 16) >= 0
+    assert re.fullmatch(r"[0-9a-f]{16}", t.fingerprint), t.fingerprint
 
 
 def test_extra_columns_ignored_and_bands_in_first_appearance_order(tmp_path):
@@ -238,19 +239,73 @@ def test_fewer_steps_than_min_steps(tmp_path):
     assert load_csvs([p], min_steps=4).x.shape[1] == 4
 
 
-def test_missing_and_unreadable_paths(tmp_path):
+def test_missing_and_unreadable_paths(tmp_path, monkeypatch):
     raises_one_line("nope.csv", load_csvs, [tmp_path / "nope.csv"])
     (tmp_path / "adir").mkdir()
     msg = raises_one_line("adir", load_csvs, [tmp_path / "adir"])
     assert "not a regular file" in msg
-    if os.name == "posix" and os.geteuid() != 0:  # root can read anything
-        p = write(tmp_path / "locked.csv", csv_text())
-        p.chmod(0)
-        try:
-            raises_one_line("locked.csv", load_csvs, [p])
-        finally:
-            p.chmod(0o644)
     raises_one_line("--data", load_csvs, [])
+
+    # a file the process may not read (chmod 0 does not stop root, so the read itself is
+    # made to fail the way the OS fails it)
+    locked = write(tmp_path / "locked.csv", csv_text())
+    other = write(tmp_path / "other.csv", csv_text(year=2020))
+    read_bytes = pathlib.Path.read_bytes
+
+    def refuse(self: pathlib.Path) -> bytes:
+        if self.name == "locked.csv":
+            raise PermissionError(13, "Permission denied", str(self))
+        return read_bytes(self)
+
+    monkeypatch.setattr(pathlib.Path, "read_bytes", refuse)
+    msg = raises_one_line("locked.csv", load_csvs, [other, locked])
+    assert "cannot read (Permission denied)" in msg and "permissions" in msg
+    assert len(load_csvs([other])) == 4  # the other file still reads
+
+
+def test_same_file_twice_is_rejected_naming_both(tmp_path):
+    a = write(tmp_path / "a.csv", csv_text())
+    msg = raises_one_line("a.csv", load_csvs, [a, tmp_path / "." / "a.csv"])
+    assert "same file given twice" in msg and msg.count("a.csv") == 2
+    link = tmp_path / "link.csv"
+    link.symlink_to(a)
+    msg = raises_one_line("link.csv", load_csvs, [a, link])
+    assert "a.csv" in msg and "same file given twice" in msg
+
+
+def test_identical_content_under_two_names_is_rejected(tmp_path):
+    a = write(tmp_path / "a.csv", csv_text(year=2018))
+    b = write(tmp_path / "b.csv", csv_text(year=2019))
+    copy = write(tmp_path / "copy_of_a.csv", csv_text(year=2018))
+    msg = raises_one_line("copy_of_a.csv", load_csvs, [a, b, copy])
+    assert f"{a}" in msg and "same content" in msg and "pass each file once" in msg
+    assert len(load_csvs([a, b])) == 8  # different content: fine
+
+
+def test_duplicate_rows_are_counted_and_warned_once(tmp_path, capsys):
+    lines = csv_text(yields=(5.0, 6.0, 7.0, 8.0)).splitlines()
+    # a.csv: data row 5 repeats data row 2 (within the file)
+    a = write(tmp_path / "a.csv", "\n".join([*lines, lines[2]]) + "\n")
+    # b.csv: rows 1 and 2 repeat a.csv's rows 1 and 2 (across files); row 3 is new
+    other_row = set_cell(csv_text(), 3, "ndvi_00", "42.0").splitlines()[3]
+    b = write(tmp_path / "b.csv", "\n".join([lines[0], lines[1], lines[2], other_row]) + "\n")
+    warnings: list[str] = []
+    t = load_csvs([a, b], warn=warnings.append)
+    assert len(t) == 8 and t.duplicates == 3  # nothing dropped: a warning, not an error
+    assert len(warnings) == 1
+    line = warnings[0]
+    assert "\n" not in line
+    assert line.startswith("3 of 8 rows repeat an earlier row exactly")
+    assert "1 within a file, 2 across files" in line
+    assert f"{a} data row 5 = {a} data row 2" in line
+    # the default: exactly one line on stderr
+    capsys.readouterr()
+    load_csvs([a, b])
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0] == f"warning: {line}"
+    # same bands but another yield is not a duplicate
+    c = write(tmp_path / "c.csv", set_cell(csv_text(), 1, "y2019", "9.5"))
+    assert load_csvs([c], warn=warnings.append).duplicates == 0 and len(warnings) == 1
 
 
 def test_mismatched_band_sets_across_files(tmp_path):

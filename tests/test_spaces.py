@@ -109,30 +109,70 @@ def test_unknown_space_name_lists_bundled() -> None:
 
 
 # ---------------------------------------------------------------------------- sampling
+#: Random start-up trials of each TPE study in the conditional-logic test.
+STARTUP = 20
+
+
+def _branches(params: dict) -> set[str]:
+    """Which side of each condition of the full space a trial took."""
+    taken = {"text frozen" if params["freeze_text"] else "text fine-tuned"}
+    if not params["use_contrastive"]:
+        taken.add("contrastive off")
+    elif "hybrid_alpha" in params:
+        taken |= {"contrastive on", "hybrid_alpha sampled"}
+    else:
+        taken |= {"contrastive on", "contrastive on, not hybrid"}
+    return taken
+
+
 def test_define_by_run_respects_bounds_and_conditions() -> None:
+    """Every trial obeys bounds and the (chained) conditions, and each branch of each
+    condition is taken both in TPE's random start-up and in its model-based phase.
+
+    A TPE study concentrates on whatever scores best, so one study rarely keeps proposing
+    every branch after its start-up phase. Each study here rewards one set of branches and
+    runs until its model-based phase proposes them: together the studies reach every
+    branch under the model, deterministically (seeded) and whatever TPE's version.
+    """
     space = load_space("full")
     specs = {p.name: p for p in space.parameters}
-    seen_contrastive = {True: 0, False: 0}
-    seen_hybrid_alpha = 0
-    for params, constants in _run_asks(space, 80):
-        for name, value in params.items():
-            assert name in specs, name
-            assert _within(specs[name], value), (name, value)
-        contrastive = params["use_contrastive"]
-        seen_contrastive[contrastive] += 1
-        for name in ("contrastive_weight", "temperature", "learnable_temperature",
-                     "contrastive_mode"):
-            assert (name in params) == contrastive, (name, params)
-        # hybrid_alpha: only with contrastive on AND mode hybrid (chained condition)
-        assert ("hybrid_alpha" in params) == (params.get("contrastive_mode") == "hybrid")
-        seen_hybrid_alpha += "hybrid_alpha" in params
-        assert ("backbone_lr" in params) == (params["freeze_text"] is False)
-        # the pair label comes back expanded as constants, consistent with the label
-        patch_length, stride = (int(v) for v in params["patch"].split("/"))
-        assert constants == {"patch_length": patch_length, "stride": stride}
-        assert stride <= patch_length
-    assert seen_contrastive[True] > 0 and seen_contrastive[False] > 0
-    assert seen_hybrid_alpha > 0
+    targets = [{"contrastive on", "hybrid_alpha sampled", "text fine-tuned"},
+               {"contrastive off", "text frozen"},
+               {"contrastive on", "contrastive on, not hybrid"}]
+    seen: dict[str, set[str]] = {"random": set(), "model": set()}
+    for seed, target in enumerate(targets):
+        study = optuna.create_study(sampler=TPESampler(seed=seed, n_startup_trials=STARTUP))
+        for _ in range(STARTUP + 100):
+            trial = study.ask()
+            constants = space.define_by_run(trial) or {}
+            params = dict(trial.params)
+            for name, value in params.items():
+                assert name in specs, name
+                assert _within(specs[name], value), (name, value)
+            contrastive = params["use_contrastive"]
+            for name in ("contrastive_weight", "temperature", "learnable_temperature",
+                         "contrastive_mode"):
+                assert (name in params) == contrastive, (name, params)
+            # hybrid_alpha: only with contrastive on AND mode hybrid (chained condition)
+            assert ("hybrid_alpha" in params) == (params.get("contrastive_mode") == "hybrid")
+            assert ("backbone_lr" in params) == (params["freeze_text"] is False)
+            # the pair label comes back expanded as constants, consistent with the label
+            patch_length, stride = (int(v) for v in params["patch"].split("/"))
+            assert constants == {"patch_length": patch_length, "stride": stride}
+            assert stride <= patch_length
+
+            taken = _branches(params)
+            model_phase = trial.number >= STARTUP
+            seen["model" if model_phase else "random"] |= taken
+            # 0 for the rewarded branches, a deterministic crc32 tie-breaker in [0, 0.1)
+            crcs = [zlib.crc32(str(v).encode()) % 97 for v in params.values()]
+            study.tell(trial, len(target - taken) + 0.1 * sum(crcs) / (97.0 * len(crcs)))
+            if model_phase and target <= taken:
+                break
+        assert target <= seen["model"], (target, seen["model"])
+    wanted = set().union(*targets)
+    assert seen["random"] == wanted, seen["random"]
+    assert seen["model"] == wanted, seen["model"]
 
 
 def test_trial_config_is_a_valid_trainconfig() -> None:
@@ -320,7 +360,8 @@ INVALID_SEARCH = [
      "parameters.use_contrastive.choices", "non-empty"),
     ("unknown-type", {f"{P}.lr.type": "lognormal"}, "parameters.lr.type", "unknown type"),
     ("missing-type", {f"{P}.lr.type": _DELETE}, "parameters.lr.type", "missing"),
-    ("missing-low", {f"{P}.lr.low": _DELETE}, "parameters.lr.low", "missing"),
+    ("missing-low", {f"{P}.lr.low": _DELETE}, "parameters.lr",
+     "missing required key low (a loguniform parameter needs low, high)"),
     ("param-key-typo", {f"{P}.lr.hihg": 1}, "parameters.lr.hihg", "did you mean 'high'"),
     ("step-on-float", {f"{P}.lr.step": 1}, "parameters.lr.step", "not a key"),
     ("cond-unknown-field", {f"{P}.lr.condition": {"field": "use_contrast", "equals": True}},
@@ -342,8 +383,9 @@ INVALID_SEARCH = [
     ("cond-never-in-base", {"base.use_vision": True, f"{P}.lr.condition":
                             {"field": "use_vision", "equals": False}},
      "parameters.lr.condition", "never holds"),
-    ("missing-kind", {"kind": _DELETE}, "kind", "missing required key"),
-    ("missing-budget-key", {"budget.num_samples": _DELETE}, "budget.num_samples", "missing"),
+    ("missing-kind", {"kind": _DELETE}, "top level", "missing required key kind ("),
+    ("missing-budget-key", {"budget.num_samples": _DELETE}, "budget",
+     "missing required key num_samples ("),
     ("unknown-top-key", {"paramters": {}}, "paramters", "did you mean 'parameters'"),
     ("unknown-budget-key", {"budget.max_epoch": 3}, "budget.max_epoch",
      "did you mean 'max_epochs'"),
@@ -414,7 +456,7 @@ def _assert_invalid(tmp_path: Path, base_doc: dict, edits: dict, key: str, text:
 INVALID_ABLATION = [
     ("unknown-arm", {"ablation.arms": ["E1", "E9"]}, "ablation.arms", "unknown arm 'E9'"),
     ("duplicate-arm", {"ablation.arms": ["E1", "e1"]}, "ablation.arms", "listed twice"),
-    ("missing-seeds", {"ablation.seeds": _DELETE}, "ablation.seeds", "missing"),
+    ("missing-seeds", {"ablation.seeds": _DELETE}, "ablation", "missing required key seeds"),
     ("bad-seeds", {"ablation.seeds": [0, "a"]}, "ablation.seeds", "integers"),
     ("pruning", {"budget.grace_period": 2}, "budget.grace_period", "no pruning"),
     ("num-samples", {"budget.num_samples": 3}, "budget.num_samples", "arms x seeds = 4"),
@@ -428,6 +470,31 @@ INVALID_ABLATION = [
                          ids=[c[0] for c in INVALID_ABLATION])
 def test_invalid_ablation_space(tmp_path: Path, edits: dict, key: str, text: str) -> None:
     _assert_invalid(tmp_path, _ablation_doc(), edits, key, text)
+
+
+def test_all_missing_keys_of_a_section_in_one_message(tmp_path: Path) -> None:
+    """A new space file is fixed in one edit: every missing key of a section is named."""
+    cases = [
+        # (dotted keys deleted, the section's location, the missing keys in order)
+        (["budget.num_samples", "budget.grace_period", "budget.reduction_factor"], "budget",
+         "num_samples, grace_period, reduction_factor"),
+        ([f"{P}.lr.low", f"{P}.lr.high"], "parameters.lr", "low, high"),
+        (["kind", "budget"], "top level", "kind, budget"),
+    ]
+    for deleted, where, listed in cases:
+        doc = _search_doc()
+        for dotted in deleted:
+            _set(doc, dotted, _DELETE)
+        path = _write(tmp_path, doc)
+        with pytest.raises(ConfigError) as info:
+            load_space(str(path))
+        msg = str(info.value)
+        assert "\n" not in msg
+        assert msg.startswith(f"{path}: {where}: missing required keys {listed} ("), msg
+    doc = _ablation_doc()
+    del doc["ablation"]["arms"], doc["ablation"]["seeds"]
+    with pytest.raises(ConfigError, match=r": ablation: missing required keys arms, seeds \("):
+        load_space(str(_write(tmp_path, doc)))
 
 
 def test_invalid_yaml_and_non_mapping(tmp_path: Path) -> None:

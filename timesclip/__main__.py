@@ -30,15 +30,14 @@ def _print(msg: str) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(
-        prog="python -m timesclip",
+        prog="python -m timesclip", underscore_note=False,
         description="Train or evaluate the TimesCLIP crop-yield model (one run, no Ray).")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = sub.add_parser(
         "train", help="train one configuration",
         description="Train one TimesCLIP configuration and write config.yaml, metrics.json, "
-                    "the best checkpoint (best.pt) and TensorBoard events (tb/) into --out.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "the best checkpoint (best.pt) and TensorBoard events (tb/) into --out.")
     train.add_argument("--config", metavar="YAML",
                        help="a TrainConfig YAML (e.g. an exported best_config.yaml); flags "
                             "override it, its provenance: block is ignored")
@@ -61,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--subset", choices=("all", "train", "val", "test"),
                     help="rows to score: 'all' rows of the files (default with --data), or one "
                          "part of the checkpoint's own split (default without --data: test)")
-    ev.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    ev.add_argument("--device", default="auto",
+                    help="auto (CUDA if present), cpu, cuda or cuda:N (default: auto)")
     ev.add_argument("--json", metavar="FILE", help="also write the metrics to FILE")
     return parser
 
@@ -138,10 +138,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from timesclip.train import evaluate_arrays, load_for_inference
 
     model, config, scaler, bands, backbone = load_for_inference(args.checkpoint, args.device)
+    # The model's own bands, in its order: a config that auto-detected its bands (bands None)
+    # would otherwise detect whatever these files hold and feed the model the wrong columns.
+    config = config.replace(bands=list(bands))
     subset = args.subset or ("all" if args.data else "test")
     if subset == "all":
         if args.data:
-            table = load_csvs(args.data, bands=bands, min_steps=config.input_steps)
+            table = load_csvs(args.data, bands=bands, min_steps=config.input_steps,
+                              for_model=True)
             x_raw, y_raw, source = table.x[:, :config.input_steps], table.y, ", ".join(args.data)
         else:
             bundle = load_bundle(config, None)
@@ -152,7 +156,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             y_raw = np.concatenate([p.y_raw for p in parts])
             source = bundle.description
     else:
-        bundle = load_bundle(config, args.data)
+        bundle = load_bundle(config, args.data, for_model=True)
         part = getattr(bundle, subset)
         x_raw, y_raw, source = part.x_raw, part.y_raw, bundle.description
     metrics = evaluate_arrays(model, config, scaler, backbone, x_raw, y_raw)

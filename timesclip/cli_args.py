@@ -8,14 +8,30 @@ so a hyperparameter has the same name everywhere. The user's familiar switches
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from dataclasses import fields
 from typing import Any
 
 from timesclip.config import ABLATIONS, TrainConfig, apply_ablation
 
+#: Appended to the help of every parser: the alias is real but would double every line.
+UNDERSCORE_NOTE = ("Every --a-b flag may also be written --a_b (e.g. --input_steps 12, "
+                   "--batch_size 16, --no_contrastive).")
+
 
 class OneLineErrorParser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (`error: ...; see --help`) with exit code 2."""
+    """argparse, but a usage error is one line (`error: ...; see --help`) with exit code 2,
+    and `--a_b` is accepted for every `--a-b` flag.
+
+    The underscore spellings are what many training scripts (the user's own included) use;
+    rewriting them before parsing keeps `--help` to one spelling per flag.
+    """
+
+    def __init__(self, *args: Any, underscore_note: bool = True, **kwargs: Any) -> None:
+        if underscore_note:
+            epilog = kwargs.get("epilog")
+            kwargs["epilog"] = f"{epilog} {UNDERSCORE_NOTE}" if epilog else UNDERSCORE_NOTE
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):  # type: ignore[override]
         import sys
@@ -23,32 +39,84 @@ class OneLineErrorParser(argparse.ArgumentParser):
         print(f"error: {self.prog}: {message}; see {self.prog} --help", file=sys.stderr)
         raise SystemExit(2)
 
+    def parse_known_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                         namespace: argparse.Namespace | None = None):
+        import sys
 
-#: One-line help for the flags a user reaches for first; others get a generic line.
+        argv = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(self._kebab_case(argv), namespace)
+
+    def _kebab_case(self, argv: list[str]) -> list[str]:
+        """`--input_steps 6` / `--input_steps=6` -> `--input-steps ...` for known flags only.
+
+        Tokens after `--`, values and unknown flags are left alone (an unknown flag is then
+        reported as the user wrote it). Sub-commands apply their own flags the same way.
+        """
+        known = self._option_string_actions
+        out: list[str] = []
+        for i, arg in enumerate(argv):
+            if arg == "--":
+                return out + argv[i:]
+            if arg.startswith("--") and "_" in arg:
+                name, eq, value = arg.partition("=")
+                kebab = name.replace("_", "-")
+                if name not in known and kebab in known:
+                    arg = kebab + eq + value
+            out.append(arg)
+        return out
+
+
+#: One-line help per TrainConfig field; the default is appended from TrainConfig itself.
 FIELD_HELP: dict[str, str] = {
-    "bands": "comma-separated band names to use, in this order (default: every band found)",
-    "input_steps": "use the first N ten-day steps of the season (default 12)",
-    "split": "random: seeded random split; year: hold out --test-year as the test set",
-    "test_year": "the year held out as test set with --split year",
-    "backbone": "CLIP checkpoint: hub id, local directory, or 'tiny' (small random towers "
-                "for CPU smoke runs; its numbers say nothing about pretrained CLIP)",
-    "image_size": "rendered image size in pixels (default: the vision tower's native size)",
-    "epochs": "maximum number of epochs (default 100)",
-    "batch_size": "mini-batch size (default 32); lower it on CUDA out-of-memory",
-    "lr": "AdamW learning rate of the trainable parts (default 1e-4)",
-    "backbone_lr": "learning rate of CLIP-Text when fine-tuned (--no-freeze-text)",
-    "contrastive_weight": "weight of the InfoNCE term in the loss (default 0.1); lower it if "
-                          "the contrastive loss exceeds ~10",
-    "temperature": "InfoNCE temperature (default 0.07)",
-    "hybrid_alpha": "hybrid contrastive loss = alpha*variate + (1-alpha)*global",
-    "contrastive_mode": "variate, global or hybrid InfoNCE",
-    "freeze_text": "keep CLIP-Text frozen (--no-freeze-text fine-tunes it with --backbone-lr)",
-    "seed": "random seed of initialisation, dropout and shuffling",
+    "bands": "comma-separated band names to use, in this order",
+    "input_steps": "use the first N ten-day steps of the season",
+    "split": "random: seeded random split; year: hold out --test-year as the test set "
+             "(--split random also drops a test_year that --config sets)",
+    "test_year": "the year held out as test set; needs --split year",
+    "val_fraction": "share of the rows (year split: of the other years) used for validation",
+    "test_fraction": "share of the rows held out as test set by the random split",
     "split_seed": "random seed of the train/val/test split (kept apart from --seed so "
                   "seeds compare models on one test set)",
-    "device": "auto (CUDA if present), cpu, cuda or cuda:N",
-    "scheduler": "plateau (ReduceLROnPlateau) or cosine",
+    "backbone": "CLIP checkpoint: hub id, local directory, or 'tiny' (small random towers "
+                "for CPU smoke runs; its numbers say nothing about pretrained CLIP)",
+    "image_size": "rendered image size in pixels",
+    "line_width": "half-thickness of the drawn line, in pixels of a 224 px image",
+    "patch_length": "time steps per patch of the language branch",
+    "stride": "steps between patch starts (<= --patch-length)",
+    "d_model": "width of the image, text and selection embeddings",
+    "n_heads": "attention heads of the variate selection (must divide --d-model)",
+    "dropout": "dropout of the variate selection and the regression head",
+    "head_hidden": "hidden width of the regression head",
+    "use_vision": "the vision branch (--no-use-vision = --language-only)",
+    "use_contrastive": "the contrastive (InfoNCE) loss",
+    "use_variate_selection": "the variate-selection attention",
+    "language_backbone": "clip: pretrained CLIP-Text; scratch: the same shape trained from "
+                         "scratch",
+    "freeze_text": "keep CLIP-Text frozen (--no-freeze-text fine-tunes it with --backbone-lr)",
+    "contrastive_mode": "variate, global or hybrid InfoNCE",
+    "contrastive_weight": "weight of the InfoNCE term in the loss; lower it if the "
+                          "contrastive loss exceeds ~10",
+    "temperature": "InfoNCE temperature (the initial value if learnable)",
+    "learnable_temperature": "learn the temperature, CLIP-style",
+    "hybrid_alpha": "hybrid contrastive loss = alpha*variate + (1-alpha)*global",
+    "batch_size": "mini-batch size; lower it on CUDA out-of-memory",
+    "lr": "AdamW learning rate of the trainable parts",
+    "backbone_lr": "learning rate of CLIP-Text when fine-tuned (--no-freeze-text)",
+    "weight_decay": "AdamW weight decay",
+    "epochs": "maximum number of epochs",
     "patience": "early stopping patience on val_loss, in epochs",
+    "scheduler": "plateau (ReduceLROnPlateau) or cosine",
+    "plateau_factor": "ReduceLROnPlateau: multiply the learning rate by this",
+    "plateau_patience": "ReduceLROnPlateau: epochs without improvement before it does",
+    "grad_clip": "maximum gradient norm; 0 disables clipping",
+    "seed": "random seed of initialisation, dropout and shuffling",
+    "device": "auto (CUDA if present), cpu, cuda or cuda:N",
+}
+
+#: How a default of None reads in --help; fields absent here show no default.
+NONE_DEFAULTS: dict[str, str] = {
+    "bands": "every band found, in file order",
+    "image_size": "the vision tower's native size",
 }
 
 #: Fields that belong to the data flags group (shared with `python -m tuner.search`).
@@ -57,6 +125,18 @@ DATA_FIELDS = ("bands", "input_steps", "split", "test_year", "split_seed")
 
 def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
+
+
+def default_text(name: str) -> str | None:
+    """The TrainConfig default of `name` as --help shows it, or None to show nothing."""
+    value = getattr(TrainConfig(), name)
+    if value is None:
+        return NONE_DEFAULTS.get(name)
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
 
 
 def add_data_flags(parser: argparse.ArgumentParser) -> None:
@@ -92,13 +172,15 @@ def add_ablation_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_field_flags(group: Any, names: Any) -> None:
+    """The argparse default stays None ("not given") so that --config and ablation switches
+    are only overridden by flags the user typed; --help shows TrainConfig's default."""
     types = {f.name: str(f.type) for f in fields(TrainConfig)}
-    defaults = TrainConfig().to_dict()
     for name in names:
         kind = types[name]
-        default = defaults[name]
         text = FIELD_HELP.get(name, name.replace("_", " "))
-        text = f"{text} [{name}, default {default!r}]"
+        default = default_text(name)
+        if default is not None:
+            text = f"{text} (default: {default})"
         if kind == "bool":
             group.add_argument(flag(name), dest=name, action=argparse.BooleanOptionalAction,
                                default=None, help=text)
@@ -133,4 +215,7 @@ def config_from_args(args: argparse.Namespace, base: TrainConfig | None = None) 
                 if getattr(args, name, None) is not None}
     if explicit.get("use_vision") is False and "use_contrastive" not in explicit:
         switches["use_contrastive"] = False
+    if explicit.get("split", "year") != "year" and "test_year" not in explicit:
+        # --split random over a year-split --config: the file's test_year went with its split
+        switches["test_year"] = None
     return TrainConfig.from_dict({**config.to_dict(), **switches, **explicit}, source="flags")

@@ -57,7 +57,7 @@ class TrainConfig:
     bands: list[str] | None = None  # None: every band found in the CSVs, in file order
     input_steps: int = 12  # first N ten-day steps of the season fed to the model
     split: str = "random"  # "random" (seeded) or "year" (hold out test_year)
-    test_year: int | None = None  # required when split == "year"
+    test_year: int | None = None  # required when split == "year", an error otherwise
     val_fraction: float = 0.15
     test_fraction: float = 0.15  # used by the random split only
     split_seed: int = 42  # seeds the split only, so training seeds never move the test set
@@ -150,6 +150,11 @@ class TrainConfig:
         if self.split == "year" and self.test_year is None:
             raise ConfigError("test_year must be given when split is 'year' "
                               "(e.g. --test-year 2020)")
+        if self.split != "year" and self.test_year is not None:
+            # the random split would ignore it: the user believes a year is held out
+            raise ConfigError(f"test_year ({self.test_year}) only applies to the year split "
+                              f"but split is {self.split!r}: add --split year or drop "
+                              "--test-year (or test_year in the config file)")
         if self.patch_length > self.input_steps:
             raise ConfigError(f"patch_length ({self.patch_length}) must be <= input_steps "
                               f"({self.input_steps})")

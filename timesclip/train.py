@@ -153,16 +153,33 @@ def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor]) -> No
 
 
 def _rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(),
-             "torch": torch.get_rng_state()}
+    """Every RNG a run draws from, as tensors and plain Python values only.
+
+    The checkpoint is loaded with `torch.load(weights_only=True)`, whose unpickler accepts
+    tensors, numbers, strings and containers but no numpy arrays or arbitrary objects; so
+    numpy's MT19937 key array becomes an int64 tensor and Python's state plain lists.
+    """
+    py_version, py_internal, py_gauss = random.getstate()  # (int, 625 ints, float | None)
+    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": {"version": int(py_version), "state": [int(v) for v in py_internal],
+                   "gauss": None if py_gauss is None else float(py_gauss)},
+        "numpy": {"kind": str(np_kind),
+                  "keys": torch.from_numpy(np.asarray(np_keys, dtype=np.int64)),  # [624]
+                  "pos": int(np_pos), "has_gauss": int(np_has_gauss),
+                  "gauss": float(np_gauss)},
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    py, npy = state["python"], state["numpy"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
+    np.random.set_state((npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"],
+                         npy["has_gauss"], npy["gauss"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -252,28 +269,46 @@ def fit(config: TrainConfig, data: DataBundle, *, report: ReportFn | None = None
     history: list[dict[str, float]] = []
     elapsed_before = 0.0
     if resume_from is not None:
-        ck = _load_checkpoint(resume_from)
-        load_trainable_state(model, ck["model"])
-        optimizer.load_state_dict(ck["optimizer"])
-        scheduler.load_state_dict(ck["scheduler"])
-        start_epoch, best_val = ck["epoch"], ck["best_val_loss"]
-        best_epoch, bad_epochs = ck["best_epoch"], ck["bad_epochs"]
-        best_state, history = ck["best_state"], ck["history"]
-        elapsed_before = ck.get("train_seconds", 0.0)
-        _set_rng_state(ck["rng"])
+        ck, ck_path = _load_checkpoint(resume_from)
+        try:
+            load_trainable_state(model, ck["model"])
+            optimizer.load_state_dict(ck["optimizer"])
+            scheduler.load_state_dict(ck["scheduler"])
+            start_epoch, best_val = int(ck["epoch"]), float(ck["best_val_loss"])
+            best_epoch, bad_epochs = int(ck["best_epoch"]), int(ck["bad_epochs"])
+            best_state, history = ck["best_state"], list(ck["history"])
+            elapsed_before = float(ck.get("train_seconds", 0.0))
+            _set_rng_state(ck["rng"])
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+            raise ConfigError(f"{ck_path} is not a resumable {LAST} of this version "
+                              f"({type(exc).__name__}: {_first_line(exc)}); start the run "
+                              "again without resuming") from None
         if log:
             log(f"resumed from epoch {start_epoch} (best val_loss {best_val:.4f} "
                 f"at epoch {best_epoch})")
 
+    # A checkpoint written at the last epoch, or after early stopping triggered, is a finished
+    # run: resuming it (e.g. a search restarted after a driver crash) must train nothing and
+    # return what that run returned, not squeeze in one more epoch.
+    stopped_early = bad_epochs >= config.patience
+    finished = stopped_early or start_epoch >= config.epochs
+    if finished and resume_from is not None and log:
+        log(f"nothing to train: the checkpoint's run already ended at epoch {start_epoch} "
+            f"({'early stopping' if stopped_early else 'last epoch'})")
+
     ckdir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if ckdir is not None:
         ckdir.mkdir(parents=True, exist_ok=True)
-    writer = _summary_writer(tb_dir)
-    stopped_early = False
+    if finished and ckdir is not None:  # so checkpoint_path names a file here, too
+        _save_checkpoints(ckdir, model, optimizer, scheduler, config, data, start_epoch,
+                          best_val, best_epoch, bad_epochs, best_state, history,
+                          elapsed_before, improved=True)
+    writer = None if finished else _summary_writer(tb_dir)
+    last_epoch = start_epoch if finished else config.epochs
     epoch = start_epoch
     loop_start = time.perf_counter()
     try:
-        for epoch in range(start_epoch + 1, config.epochs + 1):
+        for epoch in range(start_epoch + 1, last_epoch + 1):
             train_m = _train_epoch(model, optimizer, tensors["train"], config, epoch)
             val_x, _, val_feats = tensors["val"]
             val_pred, val_closs = predict(model, val_x, val_feats, batch_size=256)
@@ -387,25 +422,59 @@ def _save_checkpoints(ckdir: Path, model: TimesCLIP, optimizer, scheduler, confi
                       data: DataBundle, epoch: int, best_val: float, best_epoch: int,
                       bad_epochs: int, best_state: dict, history: list, seconds: float,
                       improved: bool) -> None:
-    meta = {"config": config.to_dict(), "scaler": data.scaler.to_dict(), "bands": data.bands,
-            "data_fingerprint": data.fingerprint, "backbone": config.backbone}
+    """Write last.pt (everything resume needs) and, on improvement, best.pt.
+
+    Both hold tensors and plain Python data only, so `torch.load(weights_only=True)` reads
+    them (see `_safe_load`); numpy scalars or arrays would make that load refuse the file.
+    """
+    meta = {"config": config.to_dict(), "scaler": data.scaler.to_dict(),
+            "bands": [str(b) for b in data.bands], "data_fingerprint": str(data.fingerprint),
+            "backbone": config.backbone}
+    plain_history = [{k: int(v) if k == "epoch" else float(v) for k, v in h.items()}
+                     for h in history]
     _atomic_save({**meta, "model": trainable_state(model), "optimizer": optimizer.state_dict(),
-                  "scheduler": scheduler.state_dict(), "epoch": epoch,
-                  "best_val_loss": best_val, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
-                  "best_state": best_state, "history": history, "train_seconds": seconds,
+                  "scheduler": scheduler.state_dict(), "epoch": int(epoch),
+                  "best_val_loss": float(best_val), "best_epoch": int(best_epoch),
+                  "bad_epochs": int(bad_epochs), "best_state": best_state,
+                  "history": plain_history, "train_seconds": float(seconds),
                   "rng": _rng_state()}, ckdir / LAST)
     if improved or not (ckdir / BEST).exists():
-        _atomic_save({**meta, "model": best_state, "epoch": best_epoch,
-                      "val_loss": best_val}, ckdir / BEST)
+        _atomic_save({**meta, "model": best_state, "epoch": int(best_epoch),
+                      "val_loss": float(best_val)}, ckdir / BEST)
 
 
-def _load_checkpoint(path: str | Path) -> dict[str, Any]:
+def _load_checkpoint(path: str | Path) -> tuple[dict[str, Any], Path]:
+    """last.pt (or the directory holding it) -> (its contents, the file's path)."""
     path = Path(path)
     if path.is_dir():
         path = path / LAST
     if not path.exists():
         raise ConfigError(f"no checkpoint at {path}: pass the directory that holds {LAST}")
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return _safe_load(path, f"pass the directory of a run that holds its {LAST}"), path
+
+
+def _safe_load(path: Path, fix: str) -> dict[str, Any]:
+    """torch.load restricted to tensors and plain data (weights_only=True).
+
+    A checkpoint may come from anywhere (a copied experiment folder, a download); a full
+    unpickler would run whatever code a crafted file names. Every checkpoint fit() writes is
+    tensors, numbers, strings and containers, so nothing legitimate needs more.
+    """
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # refused objects, truncation, not a torch file at all
+        raise ConfigError(f"{path} is not a timesclip checkpoint ({type(exc).__name__}; "
+                          "only tensors and plain data are loaded, never other pickled "
+                          f"objects); {fix}") from None
+    if not isinstance(ck, dict):
+        raise ConfigError(f"{path} is not a timesclip checkpoint (holds a "
+                          f"{type(ck).__name__}, not a mapping); {fix}")
+    return ck
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 # ---------------------------------------------------------------------------- evaluation
@@ -418,11 +487,13 @@ def load_for_inference(checkpoint: str | Path, device: str = "auto"
     if not path.exists():
         raise ConfigError(f"no checkpoint at {path}: pass a training --out directory or its "
                           f"{BEST}")
+    ck = _safe_load(path, f"pass a training --out directory or its {BEST}")
     try:
-        ck = torch.load(path, map_location="cpu", weights_only=False)
         config = TrainConfig.from_dict(ck["config"], source=str(path))
         scaler, bands = Scaler.from_dict(ck["scaler"]), list(ck["bands"])
-    except Exception as exc:  # any unpickling/format failure means "not our checkpoint"
+    except ConfigError as exc:  # a stored config that this version rejects
+        raise ConfigError(f"{path}: the stored configuration is not valid: {exc}") from None
+    except Exception as exc:  # missing keys, wrong types: not a checkpoint fit() wrote
         raise ConfigError(f"{path} is not a timesclip checkpoint ({type(exc).__name__}); "
                           f"pass a training --out directory or its {BEST}") from None
     config = config.replace(device=device) if device != "auto" else config

@@ -474,10 +474,7 @@ def _parse_param(name: str, body: dict, where: str) -> ParamSpec:
             hint = _closest(str(key), allowed)
             raise ConfigError(f"{where}.{key}: not a key of a {kind} parameter"
                               f"{hint}; allowed: {', '.join(allowed)}")
-    for key in required:
-        if key not in body:
-            raise ConfigError(f"{where}.{key}: missing (a {kind} parameter needs "
-                              f"{', '.join(required)})")
+    _check_missing(body, required, where, f"a {kind} parameter")
 
     pair_fields = body.get("fields")
     if pair_fields is not None:
@@ -762,9 +759,15 @@ def _check_keys(data: dict, allowed: tuple[str, ...], required: tuple[str, ...],
         if key not in allowed:
             raise ConfigError(f"{path}: {prefix}{key}: unknown key in {section}"
                               f"{_closest(str(key), allowed)}; allowed: {', '.join(allowed)}")
-    for key in required:
-        if key not in data:
-            raise ConfigError(f"{path}: {prefix}{key}: missing required key in {section}")
+    _check_missing(data, required, f"{path}: {section}", section)
+
+
+def _check_missing(data: dict, required: tuple[str, ...], where: str, what: str) -> None:
+    """Every missing required key in one line, so a new file is fixed in one edit."""
+    missing = [key for key in required if key not in data]
+    if missing:
+        raise ConfigError(f"{where}: missing required key{'s' if len(missing) > 1 else ''} "
+                          f"{', '.join(missing)} ({what} needs {', '.join(required)})")
 
 
 def _check_field_name(name: Any, where: str) -> None:

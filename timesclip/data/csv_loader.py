@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import re
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +46,7 @@ class YieldTable:
     sources: list[str]  # the file paths read, as given
     fingerprint: str  # 16 hex chars of sha256 over (bands, x, y, years)
     dropped: int  # rows dropped because yield <= 0.1
+    duplicates: int = 0  # kept rows that repeat an earlier row exactly (band values + yield)
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
@@ -65,10 +68,17 @@ class _FileData:
     y: np.ndarray  # [n_kept] float64
     year: int
     dropped: int
+    resolved: str  # absolute path with links resolved: the same file given twice
+    digest: str  # sha256 of the bytes: the same content under two names
+
+
+def _warn_stderr(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 def load_csvs(paths: Sequence[str | Path], bands: Sequence[str] | None = None,
-              min_steps: int = 1) -> YieldTable:
+              min_steps: int = 1, *, for_model: bool = False,
+              warn: Callable[[str], None] | None = _warn_stderr) -> YieldTable:
     """Read, validate and stack yield CSVs.
 
     Args:
@@ -76,6 +86,14 @@ def load_csvs(paths: Sequence[str | Path], bands: Sequence[str] | None = None,
         bands: band names to use, in this order (the last axis of `x`). None: every band of
             the first file in column order; all files must then have the same band set.
         min_steps: the fewest steps a file may have (the model's `--input-steps`).
+        for_model: `bands` and `min_steps` are fixed by a trained model (evaluate), so a
+            file that lacks them is told what the model needs, not which flag to change.
+        warn: receives one line about exact duplicate rows (None: stay quiet).
+
+    The same file given twice (same resolved path) or two files with the same bytes is an
+    error: their rows would count twice and could land in both train and test. Rows that
+    repeat another row exactly (every band value and the yield) are only warned about, with
+    counts: repeated measurements can be legitimate, but the user should know.
 
     When files (or bands) have different numbers of steps, the table keeps the steps all of
     them share (00..T-1, T the smallest count), because only a leading window is ever used.
@@ -90,7 +108,18 @@ def load_csvs(paths: Sequence[str | Path], bands: Sequence[str] | None = None,
         raise DataError("no data files given: pass one or more CSV files with --data")
     wanted = _check_band_request(bands)
 
-    files = [_read_file(str(p), wanted) for p in paths]
+    files: list[_FileData] = []
+    for p in paths:
+        f = _read_file(str(p), wanted, for_model)
+        for other in files:
+            if other.resolved == f.resolved:
+                raise DataError(f"{f.path} and {other.path} are the same file given twice; "
+                                "pass each file once")
+            if other.digest == f.digest:
+                raise DataError(f"{f.path} has the same content as {other.path} (sha256 "
+                                f"{f.digest[:12]}); pass each file once, or its rows count "
+                                "twice and can land in both train and test")
+        files.append(f)
 
     if wanted is None:
         chosen = list(files[0].bands)
@@ -106,6 +135,11 @@ def load_csvs(paths: Sequence[str | Path], bands: Sequence[str] | None = None,
     n_steps = min(f.steps[b] for f in files for b in chosen)
     for f in files:
         have = min(f.steps[b] for b in chosen)
+        if have < min_steps and for_model:
+            raise DataError(
+                f"{f.path}: only {have} steps per band (00..{have - 1:02d}) but the model "
+                f"was trained on the first {min_steps}; pass CSVs with at least {min_steps} "
+                "steps per band")
         if have < min_steps:
             raise DataError(
                 f"{f.path}: only {have} steps per band (00..{have - 1:02d}) but "
@@ -126,9 +160,39 @@ def load_csvs(paths: Sequence[str | Path], bands: Sequence[str] | None = None,
                         "range (|value| > 3.4e38); rescale the band columns")
     y = np.concatenate(ys).astype(np.float64)  # [N]
     yrs = np.concatenate(years).astype(np.int64)  # [N]
+    duplicates = _report_duplicate_rows(files, x, y, warn)
     return YieldTable(x=x, y=y, years=yrs, bands=list(chosen), sources=[str(p) for p in paths],
                       fingerprint=table_fingerprint(chosen, x, y, yrs),
-                      dropped=sum(f.dropped for f in files))
+                      dropped=sum(f.dropped for f in files), duplicates=duplicates)
+
+
+def _report_duplicate_rows(files: list[_FileData], x: np.ndarray, y: np.ndarray,
+                           warn: Callable[[str], None] | None) -> int:
+    """Count kept rows equal to an earlier row in every band value and the yield; warn once.
+
+    x [N, T, V] and y [N] are the stacked kept rows of `files`, in file order.
+    """
+    n = len(y)
+    if n < 2:
+        return 0
+    keys = np.concatenate([x.reshape(n, -1).astype(np.float64), y.reshape(n, 1)], axis=1)
+    _, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+    first_of = first[inverse.reshape(-1)]  # [N] index of the first row with the same values
+    repeats = np.flatnonzero(first_of != np.arange(n))
+    if len(repeats) == 0:
+        return 0
+    file_of = np.concatenate([np.full(len(f.y), i) for i, f in enumerate(files)])  # [N]
+    data_row = np.concatenate([f.frame.index.to_numpy() + 1 for f in files])  # 1-based
+    within = int((file_of[repeats] == file_of[first_of[repeats]]).sum())
+    if warn is not None:
+        r = int(repeats[0])
+        o = int(first_of[r])
+        warn(f"{len(repeats)} of {n} rows repeat an earlier row exactly (same band values "
+             f"and yield): {within} within a file, {len(repeats) - within} across files, "
+             f"e.g. {files[file_of[r]].path} data row {data_row[r]} = "
+             f"{files[file_of[o]].path} data row {data_row[o]}; repeated rows can land in "
+             "both train and test: remove them unless they are distinct fields")
+    return len(repeats)
 
 
 def table_fingerprint(bands: Sequence[str], x: np.ndarray, y: np.ndarray,
@@ -158,7 +222,7 @@ def _check_band_request(bands: Sequence[str] | None) -> list[str] | None:
     return wanted
 
 
-def _read_file(path: str, wanted: list[str] | None) -> _FileData:
+def _read_file(path: str, wanted: list[str] | None, for_model: bool = False) -> _FileData:
     """Parse one file's header and rows; everything that can be checked per file is."""
     p = Path(path)
     if not p.exists():
@@ -166,30 +230,27 @@ def _read_file(path: str, wanted: list[str] | None) -> _FileData:
     if not p.is_file():
         raise DataError(f"{path}: not a regular file; pass CSV files (not directories) to --data")
     try:
-        size = p.stat().st_size
-        header = _raw_header(p)
-    except UnicodeDecodeError:
-        raise DataError(f"{path}: not UTF-8 text; save the file as a UTF-8 CSV") from None
+        raw = p.read_bytes()  # read once: hashed for duplicate files, then parsed
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror or exc}); check the file's "
                         "permissions") from None
-    if size == 0 or header is None:
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not UTF-8 text; save the file as a UTF-8 CSV") from None
+    header = _raw_header(text)
+    if not raw or header is None:
         raise DataError(f"{path}: the file is empty; it needs a header row and one row per "
                         "field")
 
     try:
-        frame = pd.read_csv(p, encoding="utf-8-sig", low_memory=False)
+        frame = pd.read_csv(io.StringIO(text), low_memory=False)
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: the file is empty; it needs a header row and one row per "
                         "field") from None
     except pd.errors.ParserError as exc:
         raise DataError(f"{path}: not a well-formed CSV ({_first_line(exc)}); every row needs "
                         "as many comma-separated cells as the header") from None
-    except UnicodeDecodeError:
-        raise DataError(f"{path}: not UTF-8 text; save the file as a UTF-8 CSV") from None
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror or exc}); check the file's "
-                        "permissions") from None
     frame.columns = [str(c).strip() for c in frame.columns]
     header = [h.strip() for h in header]
 
@@ -223,6 +284,11 @@ def _read_file(path: str, wanted: list[str] | None) -> _FileData:
                         "ndvi_01, ...); rename the feature columns to this pattern")
     if wanted is not None:
         missing = [b for b in wanted if b not in found]
+        if missing and for_model:
+            raise DataError(f"{path}: lacks band(s) {', '.join(missing)}; the model was "
+                            f"trained on bands {', '.join(wanted)} and needs every one of "
+                            f"them (this file has {', '.join(found)}); pass CSVs that have "
+                            "these band columns")
         if missing:
             raise DataError(f"{path}: band(s) {', '.join(missing)} not found; available "
                             f"bands: {', '.join(found)}; fix --bands")
@@ -259,7 +325,8 @@ def _read_file(path: str, wanted: list[str] | None) -> _FileData:
                         f"dropped; check the {target} column (units?)")
     kept = frame.loc[keep]
     return _FileData(path=path, bands=found, steps=steps, columns=columns,
-                     frame=kept, y=yv[keep], year=year, dropped=int((~keep).sum()))
+                     frame=kept, y=yv[keep], year=year, dropped=int((~keep).sum()),
+                     resolved=str(p.resolve()), digest=hashlib.sha256(raw).hexdigest())
 
 
 def _numeric_block(f: _FileData, cols: list[str]) -> np.ndarray:
@@ -318,12 +385,11 @@ def _describe(v: float) -> str:
     return "infinite (inf)" if v > 0 else "infinite (-inf)"
 
 
-def _raw_header(p: Path) -> list[str] | None:
+def _raw_header(text: str) -> list[str] | None:
     """The header as written (pandas renames duplicate columns, which would hide them)."""
-    with p.open(newline="", encoding="utf-8-sig") as fh:
-        for row in csv.reader(fh):
-            if any(cell.strip() for cell in row):
-                return row
+    for row in csv.reader(io.StringIO(text, newline="")):
+        if any(cell.strip() for cell in row):
+            return row
     return None
 
 

@@ -141,7 +141,9 @@ def prepare_data(table: YieldTable, *, input_steps: int, split: str = "random",
 
     rng = np.random.default_rng(seed)
     if split == "random":
-        test_year = None
+        if test_year is not None:  # would be ignored: the user believes a year is held out
+            raise DataError(f"test_year ({test_year}) only applies to the year split: add "
+                            "--split year or drop --test-year")
         perm = rng.permutation(n_total)
         n_test = int(round(n_total * test_fraction))
         n_val = int(round(n_total * val_fraction))
@@ -195,11 +197,16 @@ def prepare_data(table: YieldTable, *, input_steps: int, split: str = "random",
                       fingerprint=fingerprint, description=description, synthetic=False)
 
 
-def load_bundle(config: TrainConfig, paths: Sequence[str | Path] | None) -> DataBundle:
-    """Load CSVs (None: the built-in synthetic data set) and split them as `config` says."""
+def load_bundle(config: TrainConfig, paths: Sequence[str | Path] | None, *,
+                for_model: bool = False) -> DataBundle:
+    """Load CSVs (None: the built-in synthetic data set) and split them as `config` says.
+
+    for_model: the bands and window come from a trained model (see `load_csvs`).
+    """
     synthetic = paths is None
     files = default_synthetic_paths() if paths is None else list(paths)
-    table = load_csvs(files, bands=config.bands, min_steps=config.input_steps)
+    table = load_csvs(files, bands=config.bands, min_steps=config.input_steps,
+                      for_model=for_model)
     bundle = prepare_data(table, input_steps=config.input_steps, split=config.split,
                           test_year=config.test_year, val_fraction=config.val_fraction,
                           test_fraction=config.test_fraction, seed=config.split_seed)
