@@ -144,12 +144,21 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    """Load a checkpoint's trainable weights; a checkpoint of another configuration (other
+    shapes or names) is a user error, not a crash."""
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # size mismatch
+        first = next((ln.strip() for ln in str(exc).splitlines() if "size mismatch" in ln),
+                     str(exc).splitlines()[0])
+        raise ConfigError(f"checkpoint does not match the model ({first}); pass the "
+                          "checkpoint of this configuration") from None
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
     bad = [k for k in missing if k not in frozen]
     if bad or unexpected:
-        raise RuntimeError(f"checkpoint does not match the model: missing {bad[:3]}, "
-                           f"unexpected {list(unexpected)[:3]}")
+        raise ConfigError(f"checkpoint does not match the model: missing {bad[:3]}, "
+                          f"unexpected {list(unexpected)[:3]}; pass the checkpoint of this "
+                          "configuration")
 
 
 def _rng_state() -> dict[str, Any]:

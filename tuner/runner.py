@@ -219,7 +219,7 @@ class Experiment:
                 dirname=dirname, metric=self.metric, mode=self.mode)
             scheduler: Any = JournaledFIFO(ledger)
         else:
-            seed = int(self.args.seed)
+            seed = int(self.base.seed)
             sampler = (optuna.samplers.RandomSampler(seed=seed)
                        if self.args.searcher == "random"
                        else optuna.samplers.TPESampler(seed=seed))

@@ -94,8 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "filesystem every node mounts at the same path")
     o.add_argument("--name", metavar="NAME", help="experiment name, one path component "
                    "(default: SPACE-<time>)")
-    o.add_argument("--seed", type=int, default=0, metavar="S",
-                   help="seed of the Optuna sampler and of every trial's training")
+    o.add_argument("--seed", type=int, metavar="S",
+                   help="seed of the Optuna sampler and of every trial's training (default: "
+                        "the seed of --config or the space's base, else TrainConfig's)")
     o.add_argument("--seeds", metavar="S,S,...",
                    help="ablation space only: training seeds of every arm (default: the "
                         "space's seeds)")
@@ -116,7 +117,8 @@ def resolve_base_config(args: argparse.Namespace, space: Any) -> TrainConfig:
             overrides[name] = getattr(args, name)
     if args.backbone:
         overrides["backbone"] = args.backbone
-    overrides["seed"] = args.seed
+    if args.seed is not None:
+        overrides["seed"] = args.seed
     return TrainConfig.from_dict({**config.to_dict(), **overrides}, source="search flags")
 
 
@@ -463,7 +465,7 @@ def search_meta(args: argparse.Namespace, space: Any, base: TrainConfig,
                                           "reduction_factor", "max_concurrent")},
         "searcher": "grid" if space.kind == "ablation" else args.searcher,
         "scheduler": "fifo" if space.kind == "ablation" else args.scheduler,
-        "seed": args.seed, "resources": resources, "versions": versions(),
+        "seed": base.seed, "resources": resources, "versions": versions(),
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     if space.kind == "ablation":
