@@ -193,11 +193,17 @@ def _corrupt_flip_a_feature_byte(path: Path) -> None:
 
 
 def _corrupt_other_key(path: Path) -> None:
+    """Intact tensors and checksums, but made for another key (e.g. a file copied over)."""
+    import safetensors
     import safetensors.torch
 
+    with safetensors.safe_open(str(path), "pt") as f:
+        meta = dict(f.metadata())
     tensors = safetensors.torch.load(path.read_bytes())
-    safetensors.torch.save_file(tensors, str(path), metadata={"format": feature_cache.FORMAT,
-                                                              "digest": "0" * 64, "key": "{}"})
+    key = json.loads(meta["key"])
+    key["settings"]["line_width"] = 99.0
+    meta["key"] = json.dumps(key, sort_keys=True, separators=(",", ":"))
+    safetensors.torch.save_file(tensors, str(path), metadata=meta)
 
 
 def _corrupt_garbage(path: Path) -> None:
