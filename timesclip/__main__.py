@@ -83,7 +83,7 @@ def _add_vision_pass_flags(parser: argparse.ArgumentParser, *, cache: bool) -> N
     group = parser.add_argument_group("vision pass")
     group.add_argument("--image-batch", type=_positive_int, metavar="N",
                        help="images per vision-tower call (default: as many as fit a memory "
-                            "budget: 32 for ViT-B/16 on CPU, from free memory on CUDA)")
+                            "budget: 8 for ViT-B/16 on CPU, from free memory on CUDA)")
     if cache:
         where = group.add_mutually_exclusive_group()
         where.add_argument("--feature-cache", metavar="DIR",

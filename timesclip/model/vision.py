@@ -18,11 +18,12 @@ from transformers import CLIPVisionConfig, CLIPVisionModel
 from timesclip.model.render import render_lines
 
 #: Memory one tower call may plan for on CPU (activations of the images in the call, by
-#: `image_bytes_estimate`). It sets the images per call: ViT-B/16 at 224 px -> 32 images,
-#: where the tower's rate has flattened out on a 2-core CPU (measured with
-#: benchmarks/vision_pass.py); a toy tower gets many more images per call, where its
-#: per-call overhead would otherwise dominate. Independent of the band count by design.
-CPU_MEMORY_BUDGET = 512 * 2**20
+#: `image_bytes_estimate`). It sets the images per call, whatever the band count: ViT-B/16
+#: at 224 px -> 8. Measured on a 2-core CPU (benchmarks/vision_pass.py): the tower alone
+#: ran 4.1-4.5 img/s at 1 to 8 images per call and 3.8 img/s at 16 to 32, so more images
+#: per call buy nothing on a CPU but memory. A toy tower gets a few hundred images per
+#: call, where its per-call overhead would otherwise dominate.
+CPU_MEMORY_BUDGET = 128 * 2**20
 #: Share of the currently free CUDA memory one tower call may plan for.
 CUDA_MEMORY_SHARE = 0.5
 #: Environment override of the images per tower call (any device), e.g. for a Ray task.
