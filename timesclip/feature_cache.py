@@ -358,7 +358,7 @@ def load_or_compute(config: TrainConfig, data: DataBundle, *,
             f"({exc.strerror or exc}); computing without the cache")
         return _as_dict(compute()), False
     expect = {s: (len(getattr(data, s)), len(data.bands)) for s in SPLITS}
-    key = cache_key(config, data, cache_dir=directory)
+    key = _key_or_none(config, data, directory, say)
     if key is not None:
         path = key.path(directory)
         if path.exists():
@@ -375,7 +375,7 @@ def load_or_compute(config: TrainConfig, data: DataBundle, *,
     features = _as_dict(compute())
     seconds = time.perf_counter() - start
     if key is None:  # e.g. a hub checkpoint downloaded just now by compute(): ask again
-        key = cache_key(config, data, cache_dir=directory)
+        key = _key_or_none(config, data, directory, say)
     if key is None:
         say(f"vision features: not cached (cannot identify the weights of "
             f"{config.backbone!r} without loading them)")
@@ -388,6 +388,17 @@ def load_or_compute(config: TrainConfig, data: DataBundle, *,
     else:
         say(f"vision features: computed and stored in cache {path}")
     return features, False
+
+
+def _key_or_none(config: TrainConfig, data: DataBundle, directory: Path,
+                 say: Log) -> FeatureKey | None:
+    """cache_key, with unreadable weight files meaning "no key" rather than a failed run."""
+    try:
+        return cache_key(config, data, cache_dir=directory)
+    except OSError as exc:
+        say(f"vision features: cannot identify the weights of {config.backbone!r} "
+            f"({exc.strerror or exc}); not using the cache")
+        return None
 
 
 def _as_dict(features: Mapping[str, Any] | None) -> dict[str, Any]:
