@@ -626,12 +626,12 @@ def test_compute_vision_features_shape_determinism_and_batching(backbone):
     x = _series(7, v=3, seed=6).numpy()
     calls = []
     a = compute_vision_features(x, backbone.vision, image_size=backbone.image_size,
-                                batch_size=3, progress=lambda done, total: calls.append(done))
+                                image_batch=4, progress=calls.append)
     hidden = backbone.vision_config.hidden_size
     assert a.shape == (7, 3, hidden) and a.dtype == torch.float32 and a.device.type == "cpu"
-    assert calls == [3, 6, 7]
+    assert calls == [4, 4, 4, 4, 4, 1]  # images per tower call: 21 = 5 * 4 + 1
     b = compute_vision_features(torch.from_numpy(x), backbone.vision,
-                                image_size=backbone.image_size, batch_size=64)
+                                image_size=backbone.image_size, image_batch=64)
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     assert torch.equal(b, compute_vision_features(x, backbone.vision,
                                                   image_size=backbone.image_size))

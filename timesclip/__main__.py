@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_flags(train)
     add_ablation_flags(train)
     add_config_flags(train)
+    _add_vision_pass_flags(train, cache=True)
 
     ev = sub.add_parser(
         "evaluate", help="score a saved model",
@@ -63,7 +64,35 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="auto",
                     help="auto (CUDA if present), cpu, cuda or cuda:N (default: auto)")
     ev.add_argument("--json", metavar="FILE", help="also write the metrics to FILE")
+    _add_vision_pass_flags(ev, cache=False)
     return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value
+
+
+def _add_vision_pass_flags(parser: argparse.ArgumentParser, *, cache: bool) -> None:
+    """How the one-time vision pass runs; none of these change a result."""
+    group = parser.add_argument_group("vision pass")
+    group.add_argument("--image-batch", type=_positive_int, metavar="N",
+                       help="images per vision-tower call (default: as many as fit a memory "
+                            "budget: 8 for ViT-B/16 on CPU, from free memory on CUDA)")
+    if cache:
+        where = group.add_mutually_exclusive_group()
+        where.add_argument("--feature-cache", metavar="DIR",
+                           help="directory of cached vision features (default: "
+                                "$XDG_CACHE_HOME/timesclip/features or "
+                                "~/.cache/timesclip/features)")
+        where.add_argument("--no-feature-cache", action="store_true",
+                           help="compute the vision features without reading or writing "
+                                "the cache")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -98,7 +127,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                         "choose another --out") from None
     try:
         config.to_yaml(work / "config.yaml")
-        result = fit(config, data, checkpoint_dir=work, tb_dir=work / "tb", log=_print)
+        features, backbone = _vision_features(config, data, args)
+        result = fit(config, data, checkpoint_dir=work, tb_dir=work / "tb", log=_print,
+                     vision_features=features, backbone=backbone)
         (work / "last.pt").unlink(missing_ok=True)  # resumable state is not needed after success
         metrics = result.metrics_json()
         metrics.update(ablation=config.ablation_id, data=data.description,
@@ -121,6 +152,33 @@ def cmd_train(args: argparse.Namespace) -> int:
                f"MAPE {t['mape']:.1f}%   [backbone {config.backbone}; {data.description}]")
     _print(f"wrote {out}/config.yaml, metrics.json, best.pt, tb/")
     return 0
+
+
+def _vision_features(config, data, args: argparse.Namespace):
+    """(features, backbone) for fit: loaded from the feature cache, or computed (and cached)
+    here with the backbone fit then reuses, so the towers are read from disk once."""
+    if not config.use_vision:
+        return None, None
+    from dataclasses import replace
+
+    from timesclip.feature_cache import load_or_compute
+    from timesclip.model import load_backbone
+    from timesclip.train import compute_features
+
+    loaded = []
+
+    def compute():
+        loaded.append(load_backbone(config.backbone, need_vision=True))
+        return compute_features(config, data, loaded[0], log=_print,
+                                image_batch=args.image_batch)
+
+    if args.no_feature_cache:
+        features = compute()
+    else:
+        features, _ = load_or_compute(config, data, cache_dir=args.feature_cache,
+                                      compute=compute, log=_print)
+    # fit needs the text tower only; dropping the vision tower frees its memory for training
+    return features, (replace(loaded[0], vision=None) if loaded else None)
 
 
 def _check_writable(out: Path) -> None:
@@ -159,7 +217,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         bundle = load_bundle(config, args.data, for_model=True)
         part = getattr(bundle, subset)
         x_raw, y_raw, source = part.x_raw, part.y_raw, bundle.description
-    metrics = evaluate_arrays(model, config, scaler, backbone, x_raw, y_raw)
+    # stdout is the JSON result: progress of a long vision pass goes to stderr
+    metrics = evaluate_arrays(model, config, scaler, backbone, x_raw, y_raw,
+                              image_batch=args.image_batch, progress_file=sys.stderr)
     result = {"subset": subset, "n": int(len(y_raw)), "data": source,
               "backbone": config.backbone, **metrics}
     text = json.dumps(result, indent=2)

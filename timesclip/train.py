@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ from transformers import CLIPVisionModel
 from timesclip.config import TrainConfig
 from timesclip.data import DataBundle, Scaler
 from timesclip.errors import ConfigError, NonFiniteLossError
+from timesclip.feature_cache import feature_settings
 from timesclip.metrics import regression_metrics
 from timesclip.model import (
     Backbone,
@@ -35,6 +36,8 @@ from timesclip.model import (
     count_parameters,
     load_backbone,
 )
+from timesclip.model.vision import default_image_batch
+from timesclip.progress import QUIET_SECONDS, progress_bar
 
 #: report(epoch, metrics, checkpoint_dir_or_None) — called after each epoch's checkpoint is on disk.
 ReportFn = Callable[[int, dict[str, float], "str | None"], None]
@@ -90,17 +93,26 @@ def seed_everything(seed: int) -> None:
 
 
 def feature_key(config: TrainConfig, data: DataBundle) -> str:
-    """Identifies a set of frozen vision features: same key, same features."""
-    return (f"{data.fingerprint}|{config.backbone}|{config.image_size}|{config.line_width}"
-            f"|{config.input_steps}")
+    """Identifies a set of frozen vision features: same key, same features.
+
+    Made of `timesclip.feature_cache.feature_settings`, which the on-disk cache key also
+    contains (the cache adds the weights' and the data's content)."""
+    return "|".join(str(v) for v in feature_settings(config, data).values())
 
 
 def compute_features(config: TrainConfig, data: DataBundle, backbone: Backbone | None = None,
                      *, device: torch.device | None = None,
-                     log: Callable[[str], None] | None = None) -> dict[str, torch.Tensor] | None:
+                     log: Callable[[str], None] | None = None, image_batch: int | None = None,
+                     progress: str | None = "vision features",
+                     progress_file: TextIO | None = None) -> dict[str, torch.Tensor] | None:
     """Frozen CLIP-vision features for every split: {"train"|"val"|"test": [N, V, Hv]}.
 
     None when the configuration has no vision branch. Run once per data set and share.
+    All splits go through the tower in one pass, `image_batch` images per call (default:
+    `default_image_batch`, bounded memory whatever the band count). `progress` labels the
+    progress output (a bar on a terminal, a line per ~10 % elsewhere, nothing for a pass
+    shorter than QUIET_SECONDS; None: no progress output) written to
+    `progress_file` (default stdout).
     """
     if not config.use_vision:
         return None
@@ -109,20 +121,26 @@ def compute_features(config: TrainConfig, data: DataBundle, backbone: Backbone |
     assert backbone.vision is not None
     device = device or resolve_device(config.device)
     image_size = config.image_size or backbone.image_size
-    start = time.perf_counter()
-    backbone.vision.to(device)
-    feats = {
-        split: compute_vision_features(getattr(data, split).x_raw, backbone.vision,
-                                       image_size=image_size, line_width=config.line_width,
-                                       device=device)
-        for split in SPLITS
-    }
-    backbone.vision.to("cpu")
+    batch = image_batch or default_image_batch(device, backbone.vision.config, image_size)
+    x = np.concatenate([getattr(data, s).x_raw for s in SPLITS])  # [N, T, V] all splits
+    n, v = len(x), len(data.bands)
     if log:
-        n = sum(len(getattr(data, s)) for s in SPLITS)
-        log(f"vision features: {n} samples x {len(data.bands)} bands rendered at {image_size}px "
-            f"and encoded once in {time.perf_counter() - start:.1f}s")
-    return feats
+        log(f"vision features: {n} samples x {v} bands = {n * v} images at {image_size}px, "
+            f"{batch} per tower call on {device}")
+    start = time.perf_counter()
+    with progress_bar(n * v, progress, unit="img", file=progress_file,
+                      delay=QUIET_SECONDS) as bar:
+        feats = compute_vision_features(x, backbone.vision, image_size=image_size,
+                                        line_width=config.line_width, image_batch=batch,
+                                        device=device, progress=bar.update)  # [N, V, Hv]
+    seconds = time.perf_counter() - start
+    sizes = [len(getattr(data, s)) for s in SPLITS]
+    # clone: views would each carry (and pickle, e.g. into Ray) the whole [N, V, Hv] storage
+    out = {s: part.clone() for s, part in zip(SPLITS, torch.split(feats, sizes))}
+    if log:
+        log(f"vision features: {n} samples x {v} bands rendered at {image_size}px and encoded "
+            f"once in {seconds:.1f}s ({n * v / max(seconds, 1e-9):.1f} images/s)")
+    return out
 
 
 def vision_tower_size(backbone: Backbone) -> int:
@@ -514,15 +532,25 @@ def load_for_inference(checkpoint: str | Path, device: str = "auto"
 
 
 def evaluate_arrays(model: TimesCLIP, config: TrainConfig, scaler: Scaler, backbone: Backbone,
-                    x_raw: np.ndarray, y_raw: np.ndarray) -> dict[str, float]:
-    """Score a trained model on raw windows [N, T, V] with the TRAINING scaler."""
+                    x_raw: np.ndarray, y_raw: np.ndarray, *, image_batch: int | None = None,
+                    progress: str | None = "vision features (evaluate)",
+                    progress_file: TextIO | None = None) -> dict[str, float]:
+    """Score a trained model on raw windows [N, T, V] with the TRAINING scaler.
+
+    The vision pass shows progress like `compute_features` (pass progress_file=sys.stderr
+    when stdout carries the result)."""
     device = next(model.parameters()).device
     feats = None
     if config.use_vision:
         assert backbone.vision is not None
-        feats = compute_vision_features(x_raw, backbone.vision,
-                                        image_size=config.image_size or backbone.image_size,
-                                        line_width=config.line_width, device=device)
+        image_size = config.image_size or backbone.image_size
+        n_images = int(x_raw.shape[0]) * int(x_raw.shape[2])
+        with progress_bar(n_images, progress, unit="img", file=progress_file,
+                          delay=QUIET_SECONDS) as bar:
+            feats = compute_vision_features(x_raw, backbone.vision, image_size=image_size,
+                                            line_width=config.line_width,
+                                            image_batch=image_batch, device=device,
+                                            progress=bar.update)  # [N, V, Hv]
         feats = feats.to(device)
     x = torch.as_tensor(scaler.transform_x(x_raw), device=device)
     pred, _ = predict(model, x, feats, batch_size=256)

@@ -14,6 +14,10 @@ import colorsys
 import torch
 import torch.nn.functional as F
 
+#: Version of the drawing. Bump it whenever a change to this file changes any pixel: cached
+#: vision features (timesclip.feature_cache) are keyed by it and would otherwise go stale.
+RENDER_VERSION = 1
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -70,16 +74,34 @@ def render_series(x: torch.Tensor, image_size: int, line_width: float = 1.5,
     """
     if x.dim() != 3:
         raise ValueError(f"render_series expects x of shape [B, T, V], got {tuple(x.shape)}")
-    x = x.detach().to(torch.float32)
-    if x.shape[1] == 1:  # one step: draw it as a flat segment
-        x = x.repeat(1, 2, 1)
     b, t, v = x.shape
-    size = int(image_size)
-    dev = x.device
+    series = x.permute(0, 2, 1).reshape(b * v, t)  # [B*V, T], image i = sample i // V
+    variate = torch.arange(v, device=x.device).repeat(b)  # [B*V] colour index of image i
+    images = render_lines(series, variate, image_size, line_width, normalize)
+    return images.reshape(b, v, 3, images.shape[-2], images.shape[-1])  # [B, V, 3, H, W]
 
-    # --- per-variate min-max over the window -> [0, 1]; constant -> 0.5
-    series = x.permute(0, 2, 1)  # [B, V, T]
-    lo = series.amin(dim=-1, keepdim=True)
+
+def render_lines(series: torch.Tensor, variate: torch.Tensor, image_size: int,
+                 line_width: float = 1.5, normalize: bool = True) -> torch.Tensor:
+    """Draw M single series, each as its own image: the unit `render_series` is made of.
+
+    series [M, T]; variate [M] (int) is each series' variate index, which picks its colour.
+    -> [M, 3, H, W]. Every image depends on its own row only, so any slice of the
+    (sample, variate) pairs can be drawn on its own: the vision pass draws a bounded number
+    of images at a time instead of materialising all N * V of them.
+    """
+    if series.dim() != 2 or variate.shape != series.shape[:1]:
+        raise ValueError(f"render_lines expects series [M, T] and variate [M], got "
+                         f"{tuple(series.shape)} and {tuple(variate.shape)}")
+    series = series.detach().to(torch.float32)
+    if series.shape[1] == 1:  # one step: draw it as a flat segment
+        series = series.repeat(1, 2)
+    m, t = series.shape
+    size = int(image_size)
+    dev = series.device
+
+    # --- per-series min-max over the window -> [0, 1]; constant -> 0.5
+    lo = series.amin(dim=-1, keepdim=True)  # [M, 1]
     hi = series.amax(dim=-1, keepdim=True)
     span = hi - lo
     flat = span <= 1e-12 * (1 + hi.abs())
@@ -88,17 +110,17 @@ def render_series(x: torch.Tensor, image_size: int, line_width: float = 1.5,
     # --- pixel geometry (pixel k covers [k - 0.5, k + 0.5]; row 0 is the top)
     margin = _MARGIN * size
     extent = (size - 1) - 2 * margin
-    rows = unit.new_tensor(margin) + (1 - unit) * extent  # [B, V, T] row of each point
+    rows = unit.new_tensor(margin) + (1 - unit) * extent  # [M, T] row of each point
     x_start, step = margin, extent / (t - 1)  # column of point i: x_start + i * step
 
     # --- value of the polyline at every column edge, and its extremes inside each column
     edges = torch.arange(size + 1, device=dev, dtype=torch.float32) - 0.5  # [W+1]
-    at_edges = _interp(rows, (edges - x_start) / step)  # [B, V, W+1]
-    top = torch.minimum(at_edges[..., :-1], at_edges[..., 1:])  # [B, V, W]
+    at_edges = _interp(rows, (edges - x_start) / step)  # [M, W+1]
+    top = torch.minimum(at_edges[..., :-1], at_edges[..., 1:])  # [M, W]
     bottom = torch.maximum(at_edges[..., :-1], at_edges[..., 1:])
     # vertices inside a column may poke out beyond both edge values (a peak)
     vertex_col = (x_start + torch.arange(t, device=dev, dtype=torch.float32) * step).round()
-    vertex_col = vertex_col.long().clamp(0, size - 1).expand(b, v, t)  # [B, V, T]
+    vertex_col = vertex_col.long().clamp(0, size - 1).expand(m, t)  # [M, T]
     top = top.scatter_reduce(-1, vertex_col, rows, reduce="amin", include_self=True)
     bottom = bottom.scatter_reduce(-1, vertex_col, rows, reduce="amax", include_self=True)
 
@@ -108,15 +130,14 @@ def render_series(x: torch.Tensor, image_size: int, line_width: float = 1.5,
     reach = int(round(half))  # neighbouring columns on each side
     if reach > 0:
         kernel = 2 * reach + 1
-        top = -F.max_pool1d(-top.reshape(b * v, 1, size), kernel, 1, reach).reshape(b, v, size)
-        bottom = F.max_pool1d(bottom.reshape(b * v, 1, size), kernel, 1, reach)
-        bottom = bottom.reshape(b, v, size)
-    top = (top - half).unsqueeze(-2)  # [B, V, 1, W]
+        top = -F.max_pool1d(-top.reshape(m, 1, size), kernel, 1, reach).reshape(m, size)
+        bottom = F.max_pool1d(bottom.reshape(m, 1, size), kernel, 1, reach).reshape(m, size)
+    top = (top - half).unsqueeze(-2)  # [M, 1, W]
     bottom = (bottom + half).unsqueeze(-2)
 
     # --- area coverage of pixel (r, c) by the span [top, bottom] of column c
-    r = torch.arange(size, device=dev, dtype=torch.float32).view(1, 1, size, 1)  # [1,1,H,1]
-    alpha = torch.minimum(r + 0.5, bottom)  # [B, V, H, W]
+    r = torch.arange(size, device=dev, dtype=torch.float32).view(1, size, 1)  # [1, H, 1]
+    alpha = torch.minimum(r + 0.5, bottom)  # [M, H, W]
     alpha.sub_(torch.maximum(r - 0.5, top)).clamp_(0, 1)  # in place: this is the big tensor
     cols = torch.arange(size, device=dev, dtype=torch.float32)
     x_end = x_start + (t - 1) * step
@@ -126,15 +147,18 @@ def render_series(x: torch.Tensor, image_size: int, line_width: float = 1.5,
 
     # --- composite the coloured line over white (and normalise) in one fused pass:
     # pixel = white + alpha * (colour - white), then (pixel - mean) / std
-    colours = variate_colours(v).to(dev).view(1, v, 3, 1, 1)  # [1, V, 3, 1, 1]
-    offset = torch.ones(1, 1, 3, 1, 1, device=dev)
+    variate = variate.to(device=dev, dtype=torch.long)
+    n_colours = int(variate.max()) + 1 if m else 1
+    colours = variate_colours(n_colours).to(dev)[variate].view(m, 3, 1, 1)  # [M, 3, 1, 1]
+    offset = torch.ones(1, 3, 1, 1, device=dev)
     scale = colours - 1
     if normalize:
-        mean = torch.tensor(CLIP_MEAN, device=dev).view(1, 1, 3, 1, 1)
-        std = torch.tensor(CLIP_STD, device=dev).view(1, 1, 3, 1, 1)
+        mean = torch.tensor(CLIP_MEAN, device=dev).view(1, 3, 1, 1)
+        std = torch.tensor(CLIP_STD, device=dev).view(1, 3, 1, 1)
         offset, scale = (offset - mean) / std, scale / std
-    images = torch.addcmul(offset, scale, alpha.unsqueeze(2))  # [B, V, 3, H, W]
+    images = torch.addcmul(offset, scale, alpha.unsqueeze(1))  # [M, 3, H, W]
     return images
 
 
-__all__ = ["CLIP_MEAN", "CLIP_STD", "render_series", "variate_colours"]
+__all__ = ["CLIP_MEAN", "CLIP_STD", "RENDER_VERSION", "render_lines", "render_series",
+           "variate_colours"]
