@@ -46,6 +46,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "scheduler": ("plateau", "cosine"),
     "contrastive_mode": ("variate", "global", "hybrid"),
     "language_backbone": ("clip", "scratch"),
+    "precision": ("fp32", "bf16"),
 }
 
 
@@ -100,6 +101,12 @@ class TrainConfig:
     grad_clip: float = 1.0  # max gradient norm; 0 disables clipping
     seed: int = 42
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # fp32 | bf16: bf16 runs the CLIP towers under autocast (less memory and time on
+    # hardware with bf16 units); the trainable parts and the loss stay fp32
+    precision: str = "fp32"
+    # CPU threads of torch for this run (0: torch's default). Float sums depend on the
+    # thread count, so a trial records the count it ran with and a re-run uses it again.
+    threads: int = 0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -138,6 +145,8 @@ class TrainConfig:
                                           and self.image_size >= 16),
              "image_size", "None or an integer >= 16")
         need(isinstance(self.seed, int), "seed", "an integer")
+        need(isinstance(self.threads, int) and not isinstance(self.threads, bool)
+             and self.threads >= 0, "threads", "an integer >= 0 (0: torch's default)")
         need(isinstance(self.split_seed, int), "split_seed", "an integer")
         need(isinstance(self.backbone, str) and self.backbone != "", "backbone",
              "a hub id, a local directory or 'tiny'")

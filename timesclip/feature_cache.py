@@ -78,7 +78,7 @@ def feature_settings(config: TrainConfig, data: DataBundle) -> dict[str, Any]:
     return {"data": data.fingerprint, "bands": list(data.bands),
             "input_steps": int(config.input_steps), "backbone": config.backbone,
             "image_size": config.image_size, "line_width": float(config.line_width),
-            "renderer": RENDER_VERSION}
+            "renderer": RENDER_VERSION, "precision": config.precision}
 
 
 def data_content_hash(data: DataBundle) -> str:

@@ -86,6 +86,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def apply_threads(config: TrainConfig) -> None:
+    """Use `config.threads` CPU threads (0: leave torch's setting). Float reductions depend
+    on the thread count: the same count is what makes a re-run repeat a run exactly."""
+    if config.threads > 0 and torch.get_num_threads() != config.threads:
+        torch.set_num_threads(config.threads)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -116,6 +123,7 @@ def compute_features(config: TrainConfig, data: DataBundle, backbone: Backbone |
     """
     if not config.use_vision:
         return None
+    apply_threads(config)
     if backbone is None or backbone.vision is None:
         backbone = load_backbone(config.backbone, need_vision=True)
     assert backbone.vision is not None
@@ -132,7 +140,8 @@ def compute_features(config: TrainConfig, data: DataBundle, backbone: Backbone |
                       delay=QUIET_SECONDS) as bar:
         feats = compute_vision_features(x, backbone.vision, image_size=image_size,
                                         line_width=config.line_width, image_batch=batch,
-                                        device=device, progress=bar.update)  # [N, V, Hv]
+                                        device=device, progress=bar.update,
+                                        precision=config.precision)  # [N, V, Hv]
     seconds = time.perf_counter() - start
     sizes = [len(getattr(data, s)) for s in SPLITS]
     # clone: views would each carry (and pickle, e.g. into Ray) the whole [N, V, Hv] storage
@@ -266,6 +275,7 @@ def fit(config: TrainConfig, data: DataBundle, *, report: ReportFn | None = None
     if data.input_steps != config.input_steps:
         raise ConfigError(f"data window has {data.input_steps} steps but input_steps is "
                           f"{config.input_steps}; load the data with the same config")
+    apply_threads(config)
     seed_everything(config.seed)
     device = resolve_device(config.device)
     if backbone is None:
@@ -534,14 +544,18 @@ def load_for_inference(checkpoint: str | Path, device: str = "auto"
 def evaluate_arrays(model: TimesCLIP, config: TrainConfig, scaler: Scaler, backbone: Backbone,
                     x_raw: np.ndarray, y_raw: np.ndarray, *, image_batch: int | None = None,
                     progress: str | None = "vision features (evaluate)",
-                    progress_file: TextIO | None = None) -> dict[str, float]:
+                    progress_file: TextIO | None = None,
+                    features: torch.Tensor | None = None) -> dict[str, float]:
     """Score a trained model on raw windows [N, T, V] with the TRAINING scaler.
 
     The vision pass shows progress like `compute_features` (pass progress_file=sys.stderr
-    when stdout carries the result)."""
+    when stdout carries the result). `features` [N, V, Hv]: the frozen vision features of
+    exactly these windows when the caller has them (no vision pass then)."""
     device = next(model.parameters()).device
     feats = None
-    if config.use_vision:
+    if config.use_vision and features is not None:
+        feats = features.to(device)
+    elif config.use_vision:
         assert backbone.vision is not None
         image_size = config.image_size or backbone.image_size
         n_images = int(x_raw.shape[0]) * int(x_raw.shape[2])
@@ -550,7 +564,8 @@ def evaluate_arrays(model: TimesCLIP, config: TrainConfig, scaler: Scaler, backb
             feats = compute_vision_features(x_raw, backbone.vision, image_size=image_size,
                                             line_width=config.line_width,
                                             image_batch=image_batch, device=device,
-                                            progress=bar.update)  # [N, V, Hv]
+                                            progress=bar.update,
+                                            precision=config.precision)  # [N, V, Hv]
         feats = feats.to(device)
     x = torch.as_tensor(scaler.transform_x(x_raw), device=device)
     pred, _ = predict(model, x, feats, batch_size=256)

@@ -56,6 +56,7 @@ class Experiment:
     name: str
     stop: Any  # tuner.search.GracefulStop
     echo: Callable[[str], None]
+    features: dict[str, Any] | None = None  # the shared vision features, once known
 
     @property
     def metric(self) -> str:
@@ -132,6 +133,7 @@ class Experiment:
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # we print what matters
 
         ray_start = time.perf_counter()
+        features_ref = None
         try:
             _init_ray(self.args)
             # Ray's core installs its own SIGTERM handler (it aborts the process): take
@@ -141,8 +143,9 @@ class Experiment:
             resources = self.resources
             if not self.args.address:
                 resources = fit_local_resources(resources, ray.cluster_resources())
-            features = self._shared_features(resources)
-            tuner = self._tuner(ledger, replays, to_create, features, resources)
+            features, features_ref = self._start_features(resources)
+            tuner = self._tuner(ledger, replays, to_create, features, features_ref,
+                                resources)
             self.stop.ledger = ledger
             self.stop.in_loop = True
             # Ray's result table reader complains that result.json is missing: the journal
@@ -156,29 +159,103 @@ class Experiment:
                 self.stop.in_loop = False
                 analysis_log.setLevel(level)
         finally:
+            if features_ref is not None:
+                self._collect_features(features_ref)
             ray.shutdown()
         return ledger.interrupt_signal
 
-    def _shared_features(self, resources: dict[str, float]):
-        """Render + encode the data set once, in a Ray task that gets a GPU when trials do."""
-        import ray
+    # ------------------------------------------------------------------------- features
+    def _cache_dir(self) -> Path | None:
+        from timesclip.feature_cache import default_cache_dir
 
-        if not self.base.use_vision:
+        if getattr(self.args, "no_feature_cache", False):
             return None
-        from timesclip.train import compute_features
+        return Path(self.args.feature_cache).expanduser() if getattr(
+            self.args, "feature_cache", None) else default_cache_dir()
 
-        started = time.perf_counter()
-        gpus = min(1.0, resources["gpus_per_trial"]) if resources["gpus_per_trial"] > 0 else 0
-        task = ray.remote(num_cpus=resources["cpus_per_trial"], num_gpus=gpus)(
-            lambda cfg, bundle: compute_features(cfg, bundle))
-        features = ray.get(task.remote(self.base, self.data))
-        n = sum(len(getattr(self.data, s)) for s in ("train", "val", "test"))
-        self.echo(f"vision features: {n} samples x {len(self.data.bands)} bands encoded once "
-                  f"in {time.perf_counter() - started:.1f}s and shared by all trials")
+    def _cached_features(self) -> dict[str, Any] | None:
+        """The frozen vision features from the on-disk cache (no ViT time), or None."""
+        from timesclip.feature_cache import CacheEntryError, cache_key, load_entry
+
+        directory = self._cache_dir()
+        if directory is None or not self.base.use_vision:
+            return None
+        try:
+            key = cache_key(self.base, self.data, cache_dir=directory)
+        except OSError:
+            key = None
+        self._cache_key = key
+        if key is None or not key.path(directory).exists():
+            return None
+        expect = {s: (len(getattr(self.data, s)), len(self.data.bands))
+                  for s in ("train", "val", "test")}
+        try:
+            features = load_entry(key.path(directory), key, expect)
+        except (CacheEntryError, OSError) as exc:
+            self.echo(f"vision features: cache entry {key.path(directory)} is unusable "
+                      f"({exc}); computing them again")
+            return None
+        self.echo(f"vision features: loaded from cache {key.path(directory)} (no ViT time; "
+                  "--no-feature-cache recomputes)")
         return features
 
+    def _start_features(self, resources: dict[str, float]) -> tuple[Any, Any]:
+        """(features, None) from the cache, or (None, ObjectRef) of a Ray task computing them.
+
+        The task runs while Tune starts the first trials (whose worker processes spend
+        seconds importing torch and transformers); a trial waits for the features only
+        when it needs them. It gets a GPU when trials do."""
+        import ray
+
+        self._features_started = time.perf_counter()
+        if not self.base.use_vision:
+            return None, None
+        cached = self._cached_features()
+        if cached is not None:
+            self.features = cached
+            return cached, None
+        gpus = min(1.0, resources["gpus_per_trial"]) if resources["gpus_per_trial"] > 0 else 0
+        task = ray.remote(num_cpus=resources["cpus_per_trial"], num_gpus=gpus)(
+            vision_features)
+        n = sum(len(getattr(self.data, s)) for s in ("train", "val", "test"))
+        self.echo(f"vision features: encoding {n} samples x {len(self.data.bands)} bands once "
+                  "(a Ray task, while the first trials start); shared by all trials")
+        # the trials' thread count: float sums depend on it, and trials train on these
+        config = self.base.replace(threads=self.base.threads or
+                                   max(1, int(resources["cpus_per_trial"])))
+        return None, task.remote(config, self.data)
+
+    def _collect_features(self, ref: Any) -> None:
+        """After the trials: fetch the features the task computed (for the test evaluation)
+        and store them in the cache for the next search on the same data."""
+        import ray
+
+        from timesclip.feature_cache import store_entry
+
+        if ref is None or self.features is not None:
+            return
+        try:
+            ready, _ = ray.wait([ref], timeout=0)
+            if not ready:
+                return
+            self.features = ray.get(ref)
+        except Exception as exc:  # the task failed: the trials that needed it said so
+            self.echo(f"vision features: the feature task failed ({exc.__class__.__name__})")
+            return
+        directory, key = self._cache_dir(), getattr(self, "_cache_key", None)
+        if directory is None or key is None or self.features is None:
+            return
+        seconds = time.perf_counter() - self._features_started
+        try:
+            store_entry(key.path(directory), key, self.features, seconds=f"{seconds:.3f}",
+                        backbone=self.base.backbone)
+            self.echo(f"vision features: stored in cache {key.path(directory)}")
+        except OSError as exc:
+            self.echo(f"vision features: could not store them in {directory} "
+                      f"({exc.strerror or exc})")
+
     def _tuner(self, ledger: Any, replays: list[TrialState], to_create: int,
-               features: Any, resources: dict[str, float]) -> Any:
+               features: Any, features_ref: Any, resources: dict[str, float]) -> Any:
         import optuna
         from ray import tune
         from ray.tune.search import ConcurrencyLimiter
@@ -207,7 +284,8 @@ class Experiment:
         setup = {"kind": self.space.kind, "space": self.space,
                  "base_config": self.base.to_dict(), "max_epochs": budget["max_epochs"],
                  "cpus_per_trial": resources["cpus_per_trial"],
-                 "feature_key": feature_key(self.base, self.data), "resume": resume_paths}
+                 "feature_key": feature_key(self.base, self.data), "resume": resume_paths,
+                 "features_ref": features_ref}
 
         dirname = trial_dirname  # module-level: Ray pickles the searcher that holds it
         if self.space.kind == "ablation":
@@ -337,8 +415,13 @@ class Experiment:
             return
         ckdir = self.exp_dir / TRIALS_DIR / best.dirname / best.checkpoint
         model, config, scaler, _, backbone = load_for_inference(ckdir, device="cpu")
+        from timesclip.train import feature_key
+
+        shared = self.features is not None and feature_key(config, self.data) == \
+            feature_key(self.base, self.data)
         test = evaluate_arrays(model, config, scaler, backbone, self.data.test.x_raw,
-                               self.data.test.y_raw)
+                               self.data.test.y_raw,
+                               features=self.features["test"] if shared else None)
         from tuner.journal import best_value
 
         value, epoch = best_value(best.history, self.metric, self.mode)
@@ -355,6 +438,13 @@ class Experiment:
         from tuner.results import build_report
 
         build_report(self.exp_dir, data_bundle=self.data, echo=self.echo)
+
+
+def vision_features(config: TrainConfig, data: Any) -> dict[str, Any] | None:
+    """The search's one vision pass (a Ray task; its progress lines reach the driver)."""
+    from timesclip.train import compute_features
+
+    return compute_features(config, data, progress="vision features")
 
 
 def prune_checkpoints(trial_dir: Path, keep_name: str | None, keep: int = 4) -> None:

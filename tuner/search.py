@@ -88,6 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "(dashboard on 127.0.0.1)")
     r.add_argument("--num-cpus", type=int, metavar="N",
                    help="CPUs of the local Ray instance (default: all)")
+    cache = r.add_mutually_exclusive_group()
+    cache.add_argument("--feature-cache", metavar="DIR",
+                       help="where the frozen vision features are kept between searches "
+                            "and training runs (default: $XDG_CACHE_HOME/timesclip/features "
+                            "or ~/.cache/timesclip/features); a second search on the same "
+                            "data and backbone spends no ViT time")
+    cache.add_argument("--no-feature-cache", action="store_true",
+                       help="compute the vision features for this search, keep nothing")
     o = p.add_argument_group("output")
     o.add_argument("--storage", default="runs", metavar="DIR",
                    help="where experiments are stored (default: runs); on a cluster a "

@@ -75,6 +75,11 @@ class Ledger:
         self.results_seen = 0
         self.on_end: Callable[[TrialState], None] | None = None
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Ray pickles its schedulers and callbacks for its own experiment snapshot: a copy
+        # keeps no hook into this driver
+        return {**self.__dict__, "on_end": None}
+
     def record(self, event: str, **fields: Any) -> dict[str, Any]:
         """Append to the journal (durably), then update the live state."""
         rec = self.journal.append(event, **fields)
@@ -355,6 +360,13 @@ class _ResumingMixin:
     _replays: deque[Replay]
     _to_create: int
     _dirname: Callable[[str, dict[str, Any]], str]
+
+    def save(self, checkpoint_path: str) -> None:
+        """Ray's own searcher checkpoint (a pickle for its Tuner.restore) is not written:
+        this search resumes from the journal, so it would only cost time and disk."""
+
+    def restore(self, checkpoint_path: str) -> None:
+        raise NotImplementedError("resume with `python -m tuner.search ... --resume`")
 
     def _next_replay(self, ray_id: str) -> dict[str, Any] | None:
         if not self._replays:

@@ -108,16 +108,23 @@ def train_trial(trial_params: dict[str, Any], *, data: DataBundle,
                 features: dict[str, torch.Tensor] | None, setup: dict[str, Any]) -> None:
     """Ray Tune function trainable (wrapped with tune.with_parameters by tuner.search)."""
     config = resolve_trial_config(trial_params, setup)
+    if config.threads == 0:  # the trial's CPUs, recorded so a re-run uses them too
+        config = config.replace(threads=max(1, int(setup.get("cpus_per_trial", 1))))
     tid = trial_params.get(TID_KEY)
     # one "checkpoint created" INFO line per epoch per trial drowns the progress lines
     logging.getLogger("ray.train").setLevel(logging.WARNING)
-    torch.set_num_threads(max(1, int(setup.get("cpus_per_trial", 1))))
     trial_dir = Path(tune.get_context().get_trial_dir())
     trial_dir.mkdir(parents=True, exist_ok=True)
     config.to_yaml(trial_dir / TRAIN_CONFIG_FILE)
 
     # Shared features are valid only if this trial renders and encodes exactly like the base.
-    if features is not None and feature_key(config, data) != setup.get("feature_key"):
+    shared = feature_key(config, data) == setup.get("feature_key")
+    if features is None and shared and setup.get("features_ref") is not None:
+        import ray
+
+        # computed by a Ray task that started with the search: wait for it only now
+        features = ray.get(setup["features_ref"])
+    if features is not None and not shared:
         features = None
 
     work = Path(tempfile.mkdtemp(prefix="timesclip-trial-"))

@@ -35,6 +35,7 @@ class LanguageBranch(nn.Module):
         self.patch_length = config.patch_length
         self.stride = config.stride
         self.n_patches = config.n_patches
+        self.bf16 = config.precision == "bf16"  # the text encoder under bf16 autocast
         width = int(text_model.config.hidden_size)
 
         # trainable time-series "tokenizer" into the text width
@@ -87,8 +88,11 @@ class LanguageBranch(nn.Module):
         attention_mask None means full bidirectional attention (what the model uses); an
         additive mask may be passed only to study other masks (e.g. the causal one) in tests.
         """
-        states = self.encoder(inputs_embeds=h, attention_mask=attention_mask).last_hidden_state
-        return self.final_layer_norm(states)
+        with torch.autocast(device_type=h.device.type, dtype=torch.bfloat16,
+                            enabled=self.bf16):
+            states = self.encoder(inputs_embeds=h, attention_mask=attention_mask
+                                  ).last_hidden_state
+        return self.final_layer_norm(states.float())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [B, T, V] (scaled) -> CLS_text [B, V, D]."""

@@ -78,7 +78,8 @@ def compute_vision_features(x_raw: np.ndarray | torch.Tensor, vision: CLIPVision
                             image_size: int, line_width: float = 1.5,
                             image_batch: int | None = None,
                             device: str | torch.device = "cpu",
-                            progress: Callable[[int], None] | None = None) -> torch.Tensor:
+                            progress: Callable[[int], None] | None = None,
+                            precision: str = "fp32") -> torch.Tensor:
     """Render x_raw [N, T, V] and return the tower's pooled output [N, V, Hv] (CPU, float32).
 
     The N * V (sample, variate) images are drawn and encoded `image_batch` at a time
@@ -120,8 +121,11 @@ def compute_vision_features(x_raw: np.ndarray | torch.Tensor, vision: CLIPVision
             with torch.inference_mode():
                 pixels = render_lines(series[start:stop].to(device), variate[start:stop],
                                       size, line_width)  # [b, 3, H, W]
-                pooled = vision(pixel_values=pixels.to(dtype),
-                                interpolate_pos_encoding=interpolate).pooler_output  # [b, Hv]
+                with torch.autocast(device_type=torch.device(device).type,
+                                    dtype=torch.bfloat16, enabled=precision == "bf16"):
+                    pooled = vision(pixel_values=pixels.to(dtype),
+                                    interpolate_pos_encoding=interpolate
+                                    ).pooler_output  # [b, Hv]
             out[start:stop] = pooled.float().cpu()
             del pixels, pooled
             if progress is not None:
