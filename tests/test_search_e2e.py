@@ -349,7 +349,7 @@ def test_failing_trial_is_reported_and_search_finishes(tmp_path, small_csvs):
     n_bad = lrs.count(ABSURD_LR)
     assert f"search finished: 4 trials ({4 - n_bad} ended normally, {n_bad} diverged, " \
         "0 failed)" in stdout
-    assert stdout.count("diverged t") == n_bad and "(not retried)" in stdout
+    assert stdout.count("(not retried)") == n_bad
 
     exp = tmp_path / "nan"
     study = optuna.load_study(study_name="nan", storage=f"sqlite:///{exp / 'optuna.db'}")

@@ -143,6 +143,7 @@ class Experiment:
             resources = self.resources
             if not self.args.address:
                 resources = fit_local_resources(resources, ray.cluster_resources())
+                self._record_resources(resources)
             features, features_ref = self._start_features(resources)
             tuner = self._tuner(ledger, replays, to_create, features, features_ref,
                                 resources)
@@ -163,6 +164,18 @@ class Experiment:
                 self._collect_features(features_ref)
             ray.shutdown()
         return ledger.interrupt_signal
+
+    def _record_resources(self, resources: dict[str, float]) -> None:
+        """search_meta.json names the resources the trials ran with (the request is kept
+        beside them when the local machine made them smaller)."""
+        from tuner.search import META_FILE, _write_json
+
+        path = self.exp_dir / META_FILE
+        meta = json.loads(path.read_text())
+        if meta.get("resources") != resources:
+            meta.setdefault("resources_requested", meta.get("resources"))
+            meta["resources"] = resources
+            _write_json(path, meta)
 
     # ------------------------------------------------------------------------- features
     def _cache_dir(self) -> Path | None:
