@@ -76,8 +76,7 @@ class Experiment:
                         max_epochs=int(self.budget["max_epochs"]),
                         experiment_dir=self.exp_dir)
         self.started = time.perf_counter()
-        ledger.on_end = lambda trial: prune_checkpoints(
-            self.exp_dir / TRIALS_DIR / trial.dirname, trial.checkpoint)
+        ledger.on_end = PruneOnEnd(self.exp_dir / TRIALS_DIR)
         ledger.record("driver_start", argv=list(self.argv), resume=bool(self.args.resume),
                       **driver_fields())
         try:
@@ -367,6 +366,20 @@ def prune_checkpoints(trial_dir: Path, keep_name: str | None, keep: int = 4) -> 
             shutil.rmtree(path, ignore_errors=True)
 
 
+@dataclass
+class PruneOnEnd:
+    """`Ledger.on_end`: prune an ended trial's old checkpoints.
+
+    A module-level class, not a closure: Ray pickles the searcher, and with it the ledger,
+    into its experiment-state snapshot every few seconds, and a local lambda cannot be
+    pickled (the search would abort at its first snapshot)."""
+
+    trials_dir: Path
+
+    def __call__(self, trial: TrialState) -> None:
+        prune_checkpoints(self.trials_dir / trial.dirname, trial.checkpoint)
+
+
 def _dirname_of(trial: Any) -> str:
     """Ray's trial folder name: our trial id and key parameters (see trial_dirname)."""
     from tuner.tracking import TID_KEY
@@ -375,4 +388,4 @@ def _dirname_of(trial: Any) -> str:
     return trial_dirname(trial.config[TID_KEY], trial.config)
 
 
-__all__ = ["BEST_TEST_FILE", "OPTUNA_DB", "Experiment"]
+__all__ = ["BEST_TEST_FILE", "OPTUNA_DB", "Experiment", "PruneOnEnd"]
