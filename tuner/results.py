@@ -92,11 +92,12 @@ class ReportPaths:
     ablation_md: Path | None = None
     best_trial_id: str | None = None
     notes: list[str] = field(default_factory=list)  # one line each: what was skipped and why
+    index_html: Path | None = None  # the human view (figures in figures/ beside it)
 
     def files(self) -> list[Path]:
         """The files actually written, in a stable order."""
         candidates = [self.trials_csv, self.trials_parquet, self.summary_md, self.best_config,
-                      self.ablation_csv, self.ablation_md]
+                      self.ablation_csv, self.ablation_md, self.index_html]
         return [p for p in candidates if p is not None]
 
 
@@ -791,6 +792,13 @@ def build_report(experiment_dir: str | Path, *, data_bundle: Any | None = None,
         if ablation is not None:
             ablation.to_csv(tmp_dir / "ablation.csv", index=False)
             write_ablation_md(tmp_dir / "ablation.md", meta, ablation)
+        progress_echo("report: drawing index.html and its figures ...")
+        from tuner.report_html import write_html_report
+
+        write_html_report(tmp_dir, experiment_dir=exp_dir, meta=meta, state=state,
+                          trials=trials, best=best, best_test=best_test,
+                          references=references, ablation=ablation, notes=notes,
+                          progress=progress)
         write_summary(tmp_dir / "summary.md", meta, trials, best, best_test, notes, ablation,
                       references if kind != "ablation" else None, progress=progress,
                       state=state)
@@ -805,7 +813,8 @@ def build_report(experiment_dir: str | Path, *, data_bundle: Any | None = None,
         best_config=final_dir / "best_config.yaml" if best is not None else None,
         ablation_csv=final_dir / "ablation.csv" if ablation is not None else None,
         ablation_md=final_dir / "ablation.md" if ablation is not None else None,
-        best_trial_id=best["trial_id"] if best is not None else None, notes=notes)
+        best_trial_id=best["trial_id"] if best is not None else None, notes=notes,
+        index_html=final_dir / "index.html")
     echo(f"report: {final_dir} ({', '.join(p.name for p in paths.files())})")
     for note in notes:
         echo(f"note: {note}")
