@@ -367,7 +367,7 @@ def test_ablation_page(tmp_path, small_bundle, small_csvs, tiny_config):
     html = paths.index_html.read_text()
     assert "Ablation report" in html
     assert [Path(i).name for i in _images(html)] == [
-        "search_history.png", "learning_curves.png", "ablation.png"]
+        "ablation.png", "search_history.png", "learning_curves.png"]
     table = pd.read_csv(paths.ablation_csv)
     assert "| hgb |" in paths.ablation_md.read_text() and "hgb" in table["row"].tolist()
     fig = plot_ablation(table, caption="c")

@@ -203,8 +203,9 @@ def plot_search_history(frame: pd.DataFrame, *, metric: str, caption: str) -> Fi
             ax.annotate(str(tid), (last["step"], last["value"]), fontsize=6, color=color,
                         xytext=(3, 3), textcoords="offset points")
     stops = finite[finite["asha_stop"]]
-    ax.scatter(stops["step"], stops["value"], marker="x", s=70, color="#d62728", zorder=3,
-               label=f"stopped by ASHA ({len(stops)})")
+    if len(stops):
+        ax.scatter(stops["step"], stops["value"], marker="x", s=70, color="#d62728", zorder=3,
+                   label=f"stopped by ASHA ({len(stops)})")
     ax.step(frame["step"], frame["best_so_far"], where="post", color="black", lw=1.6,
             label="best so far")
     values = finite["value"].astype(float)
@@ -348,31 +349,33 @@ def write_html_report(directory: Path, *, experiment_dir: Path, meta: dict[str, 
     # -- search history and learning curves: every kind of experiment
     events = read_events(experiment_dir / JOURNAL_FILE)
     history = search_history(events, state, metric, mode)
+    if kind == "ablation":  # the arms' comparison first, right under the table
+        sections += _ablation_sections(ablation, figure, where)
     if len(history):
         n_stops = int(history["asha_stop"].sum())
+        stops = (f" Red crosses: the {n_stops} results at which ASHA stopped a trial."
+                 if n_stops else "")
         sections.append(figure(
             "search_history", "Search history",
             f"Each point is one epoch of one trial ({metric}, validation split), in the "
-            f"order the journal recorded it; x counts trial-epochs spent so far. Red "
-            f"crosses: the {n_stops} results at which ASHA stopped a trial; black line: "
-            "best value reported so far by any trial.",
+            f"order the journal recorded it; x counts trial-epochs spent so far.{stops} "
+            "Black line: best value reported so far by any trial.",
             lambda: plot_search_history(history, metric=metric, caption=where)))
         best_id = best["trial_id"] if best else None
         curves = learning_curves(state, trials, metric)
+        thick = "; thick: the exported configuration" if best_id else ""
         sections.append(figure(
             "learning_curves", "Learning curves",
             f"{metric} per epoch of the {len(curves)} best trials by validation value "
             "(the trials table's order); dashed and faded: stopped by ASHA, diverged, "
-            "failed or unfinished; thick: the exported configuration.",
+            f"failed or unfinished{thick}.",
             lambda: plot_learning_curves(curves, metric=metric, best_id=best_id,
                                          caption=where)))
     else:
         sections.append(Section("search_history", "Search history",
-                                 note="No epoch has been reported yet."))
+                                note="No epoch has been reported yet."))
 
-    if kind == "ablation":
-        sections += _ablation_sections(ablation, figure, where)
-    else:
+    if kind != "ablation":
         sections += _optuna_sections(experiment_dir, meta, figure, where)
         sections += _test_sections(experiment_dir, best, best_test, finished, figure, where)
 
