@@ -237,6 +237,18 @@ def test_study_is_opened_read_only(page_exp, tmp_path):
     assert db.read_bytes() == before
 
 
+def test_an_unreadable_study_is_a_note_and_stays_untouched(page_exp, small_bundle,
+                                                           tmp_path):
+    """An empty optuna.db (a copy cut short): opened read-only, nothing is created in it."""
+    exp = _copy(page_exp, tmp_path / "empty-db")
+    (exp / "optuna.db").write_bytes(b"")
+    paths = build_report(exp, data_bundle=small_bundle, echo=lambda _: None)
+    html = paths.index_html.read_text()
+    assert "The Optuna study could not be read" in html
+    assert "param_importance.png" not in html and "search_history.png" in html
+    assert (exp / "optuna.db").stat().st_size == 0
+
+
 # ------------------------------------------------------------------------------ the page
 def test_page_headline_figures_and_captions(page, small_bundle):
     html, report = page["html"], page["paths"].directory
