@@ -435,6 +435,8 @@ def test_rebuild_is_deterministic_and_test_metrics_exported(search_exp, search_r
     assert "test split, evaluated once for the exported configuration (trial `t0001`)" \
         in summary
     assert "reference: predict the training mean (same test split)" in summary
+    assert "reference: gradient boosting on the flattened input window (same test split)" \
+        in summary
     assert not list(exp.glob(".report-*"))  # no temporary directories left behind
 
 
@@ -564,7 +566,7 @@ def test_ablation_report(ablation_exp, small_bundle):
     paths = build_report(ablation_exp, echo=_quiet)  # baselines from search_meta.json's data
     assert paths.best_config is None and not (paths.directory / "best_config.yaml").exists()
     table = pd.read_csv(paths.ablation_csv, keep_default_na=False, na_values=[""])
-    assert table["row"].tolist() == ["E1", "E2", "E3", "E4", "E5", "mean", "ridge"]
+    assert table["row"].tolist() == ["E1", "E2", "E3", "E4", "E5", "mean", "ridge", "hgb"]
     by_row = table.set_index("row")
     for arm, base in ARM_RMSE.items():
         values = [base, base + 0.1] if arm != "E5" else [base]
@@ -578,7 +580,7 @@ def test_ablation_report(ablation_exp, small_bundle):
     assert by_row.loc["E4", "params_total"] == 800 and by_row.loc["E1", "params_total"] == 1000
     assert by_row.loc["E1", "train_seconds_mean"] == pytest.approx(2.5)
     assert "1 of 2 trials" in by_row.loc["E5", "note"]
-    for ref in ("mean", "ridge"):
+    for ref in ("mean", "ridge", "hgb"):
         for metric in ("rmse", "mae", "r2", "mape"):
             assert np.isfinite(by_row.loc[ref, f"test_{metric}_mean"])
     # The mean predictor, recomputed here: R² <= 0 on test by construction.
@@ -587,6 +589,8 @@ def test_ablation_report(ablation_exp, small_bundle):
     assert by_row.loc["mean", "test_rmse_mean"] == pytest.approx(rmse)
     assert by_row.loc["mean", "test_r2_mean"] <= 0
     assert by_row.loc["ridge", "params_total"] == small_bundle.train.x[0].size + 1
+    assert by_row.loc["hgb", "params_total"] > 0  # tree nodes
+    assert "chosen on val" in by_row.loc["hgb", "note"]
 
     trials = pd.read_parquet(paths.trials_parquet)
     for col in ("config.ablation", "config.seed", "config.use_vision", "config.use_contrastive",
@@ -598,6 +602,7 @@ def test_ablation_report(ablation_exp, small_bundle):
     assert e5_failed["status"].tolist() == ["ERROR"]
     md = paths.ablation_md.read_text()
     assert "random toy backbone" in md and "test split" in md and "E5" in md and "ridge" in md
+    assert "| hgb |" in md
     # Deterministic rebuild, the baselines from the given bundle this time.
     again = build_report(ablation_exp, data_bundle=small_bundle, echo=_quiet)
     assert again.ablation_csv.read_bytes() == paths.ablation_csv.read_bytes()
@@ -611,7 +616,7 @@ def test_ablation_baselines_unavailable_when_data_changed(ablation_exp, small_bu
     notes: list[str] = []
     paths = build_report(exp, data_bundle=other, echo=notes.append)
     table = pd.read_csv(paths.ablation_csv, keep_default_na=False, na_values=[""])
-    refs = table.set_index("row").loc[["mean", "ridge"]]
+    refs = table.set_index("row").loc[["mean", "ridge", "hgb"]]
     assert refs["test_rmse_mean"].isna().all()
     assert refs["note"].str.contains("data changed").all()
     assert any("data changed" in n for n in notes)

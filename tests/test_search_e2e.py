@@ -249,7 +249,7 @@ def test_ablation_report(tmp_path):
     assert not (report / "best_config.yaml").exists()  # arms are not a search
 
     table = _read_csv(report / "ablation.csv")
-    assert list(table["row"]) == ["E1", "E2", "E3", "E4", "E5", "mean", "ridge"]
+    assert list(table["row"]) == ["E1", "E2", "E3", "E4", "E5", "mean", "ridge", "hgb"]
     for metric in ("rmse", "mae", "r2", "mape"):
         values = table[f"test_{metric}_mean"].astype(float)
         assert values.map(math.isfinite).all(), (metric, values.tolist())
@@ -261,7 +261,7 @@ def test_ablation_report(tmp_path):
     md = (report / "ablation.md").read_text()
     rows = [line for line in md.splitlines() if line.startswith("| ")]
     labels = [line.split("|")[1].strip() for line in rows[1:]]  # rows[0] is the header
-    assert labels == ["E1", "E2", "E3", "E4", "E5", "mean", "ridge"]
+    assert labels == ["E1", "E2", "E3", "E4", "E5", "mean", "ridge", "hgb"]
     assert "`tiny`" in md and "NOT from pretrained CLIP" in md
     assert "synthetic" in md.lower()
 

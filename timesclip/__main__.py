@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from timesclip.cli_args import (
     OneLineErrorParser,
@@ -65,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="auto (CUDA if present), cpu, cuda or cuda:N (default: auto)")
     ev.add_argument("--json", metavar="FILE", help="also write the metrics to FILE")
     _add_vision_pass_flags(ev, cache=False)
+    ev.add_argument("--plots", metavar="DIR",
+                    help="also write predictions.csv, predicted_vs_actual.png and, for a "
+                         "model with variate selection, attention.csv (band x band, mean "
+                         "over the scored rows) and attention.png into DIR")
     return parser
 
 
@@ -205,6 +210,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             table = load_csvs(args.data, bands=bands, min_steps=config.input_steps,
                               for_model=True)
             x_raw, y_raw, source = table.x[:, :config.input_steps], table.y, ", ".join(args.data)
+            years = table.years
         else:
             bundle = load_bundle(config, None)
             parts = (bundle.train, bundle.val, bundle.test)
@@ -212,11 +218,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
             x_raw = np.concatenate([p.x_raw for p in parts])
             y_raw = np.concatenate([p.y_raw for p in parts])
+            years = np.concatenate([p.years for p in parts])
             source = bundle.description
     else:
         bundle = load_bundle(config, args.data, for_model=True)
         part = getattr(bundle, subset)
         x_raw, y_raw, source = part.x_raw, part.y_raw, bundle.description
+        years = part.years
     # stdout is the JSON result: progress of a long vision pass goes to stderr
     metrics = evaluate_arrays(model, config, scaler, backbone, x_raw, y_raw,
                               image_batch=args.image_batch, progress_file=sys.stderr)
@@ -226,7 +234,44 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).write_text(text + "\n")
     _print(text)
+    if args.plots:
+        _write_plots(Path(args.plots), model, config, scaler, backbone, bands, x_raw, y_raw,
+                     years, caption=_plots_caption(
+                         ", ".join(Path(f).name for f in args.data) if args.data else source,
+                         config.backbone, not args.data),
+                     subset=subset)
     return 0
+
+
+def _plots_caption(source: str, backbone: str, synthetic: bool) -> str:
+    """What every figure of --plots says about its origin."""
+    toy = " (random toy weights, NOT pretrained CLIP)" if backbone == "tiny" else ""
+    return f"{'SYNTHETIC data' if synthetic else 'data'}: {source} · backbone {backbone}{toy}"
+
+
+def _write_plots(out: Path, model: Any, config: Any, scaler: Any, backbone: Any,
+                 bands: Sequence[str], x_raw: Any, y_raw: Any, years: Any, *, caption: str,
+                 subset: str) -> None:
+    """evaluate --plots: predictions and attention of the scored rows, as CSV and PNG."""
+    from timesclip.plots import (
+        attention_frame,
+        predict_with_attention,
+        predictions_frame,
+        write_evaluation_plots,
+    )
+
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--plots {out} exists and is not a directory; choose another")
+    y_pred, attention = predict_with_attention(model, config, scaler, backbone, x_raw)
+    frame = predictions_frame(y_raw, y_pred, years)
+    matrix = None if attention is None else attention_frame(attention, bands)
+    try:
+        written = write_evaluation_plots(out, frame, matrix, caption=caption, subset=subset)
+    except OSError as exc:
+        raise UserError(f"cannot write --plots {out}: {exc.strerror or exc}") from None
+    if matrix is None:
+        _print(f"plots: {out} (no attention: the model has no variate selection)")
+    _print("plots: " + ", ".join(str(p) for p in written))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,6 +11,7 @@ between many runs) and never inside the training step.
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import time
@@ -265,12 +266,15 @@ def fit(config: TrainConfig, data: DataBundle, *, report: ReportFn | None = None
         checkpoint_dir: str | Path | None = None, resume_from: str | Path | None = None,
         vision_features: dict[str, torch.Tensor] | None = None, evaluate_test: bool = True,
         tb_dir: str | Path | None = None, backbone: Backbone | None = None,
-        log: Callable[[str], None] | None = None) -> FitResult:
+        log: Callable[[str], None] | None = None,
+        hparams: dict[str, Any] | None = None) -> FitResult:
     """Train `config` on `data`; see the module docstring.
 
     checkpoint_dir: where `last.pt` (full resumable state) and `best.pt` (best weights +
     what `evaluate` needs) are written each epoch. resume_from: a directory holding a
     `last.pt` (or the file itself); training continues as if it had never stopped.
+    hparams: what TensorBoard's HParams tab lists for this run (default: every field of
+    `config`); None values mark parameters inactive in this run (see `log_hparams`).
     """
     if data.input_steps != config.input_steps:
         raise ConfigError(f"data window has {data.input_steps} steps but input_steps is "
@@ -340,7 +344,7 @@ def fit(config: TrainConfig, data: DataBundle, *, report: ReportFn | None = None
         _save_checkpoints(ckdir, model, optimizer, scheduler, config, data, start_epoch,
                           best_val, best_epoch, bad_epochs, best_state, history,
                           elapsed_before, improved=True)
-    writer = None if finished else _summary_writer(tb_dir)
+    writer = None if finished else _summary_writer(tb_dir, config, hparams)
     last_epoch = start_epoch if finished else config.epochs
     epoch = start_epoch
     loop_start = time.perf_counter()
@@ -447,12 +451,59 @@ def _epoch_line(m: dict[str, float], epochs: int, improved: bool) -> str:
             f"lr {m['lr']:.2e}{'  *' if improved else ''}")
 
 
-def _summary_writer(tb_dir: str | Path | None):
+def _summary_writer(tb_dir: str | Path | None, config: TrainConfig,
+                    hparams: dict[str, Any] | None = None):
     if tb_dir is None:
         return None
     from torch.utils.tensorboard import SummaryWriter
 
-    return SummaryWriter(log_dir=str(tb_dir))
+    writer = SummaryWriter(log_dir=str(tb_dir))
+    log_hparams(writer, config, hparams)
+    return writer
+
+
+#: The scalars fit() logs that TensorBoard's HParams tab shows as this run's metrics.
+HPARAM_METRICS = ("Metrics/RMSE", "Metrics/R2", "Loss/val")
+
+
+def _tb_value(value: Any) -> bool | int | float | str | None:
+    """A value the HParams plugin can hold: numbers and strings as they are; booleans as
+    "True"/"False" (torch would store them as 1.0/0.0); lists and others as text."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, (int, float)):
+        return value
+    return json.dumps(value) if isinstance(value, (list, tuple, dict)) else str(value)
+
+
+def log_hparams(writer: Any, config: TrainConfig, hparams: dict[str, Any] | None) -> None:
+    """Write this run's HParams session info when training starts.
+
+    A search stops most trials early (ASHA), so they never reach the end of fit(): the
+    session must be declared up front. Torch's `add_hparams` does it at the end, writes its
+    metric values as extra scalar points and into a second run directory; here the summaries
+    of `torch.utils.tensorboard.summary.hparams` go into this run's own event file instead,
+    with the metrics pointing at scalars fit() logs anyway (HPARAM_METRICS). Every trial of a
+    search writes the same experiment description (all parameter names, typed from the
+    value or, when inactive in this trial, from the TrainConfig field), so whichever run
+    TensorBoard reads it from, the table has a column for every parameter.
+    """
+    from torch.utils.tensorboard.summary import hparams as hparams_summaries
+
+    given = config.to_dict() if hparams is None else dict(hparams)
+    active = {k: _tb_value(v) for k, v in given.items()}
+    typed = {k: v if v is not None else _tb_value(getattr(config, k, None))
+             for k, v in active.items()}
+    metrics = {tag: 0.0 for tag in HPARAM_METRICS}  # names only: no value is written
+    experiment, _, _ = hparams_summaries({k: v for k, v in typed.items() if v is not None},
+                                         metrics)
+    _, session_start, _ = hparams_summaries(active, metrics)
+    file_writer = writer.file_writer  # this run's own event file
+    file_writer.add_summary(experiment)
+    file_writer.add_summary(session_start)
+    file_writer.flush()
 
 
 def _save_checkpoints(ckdir: Path, model: TimesCLIP, optimizer, scheduler, config: TrainConfig,

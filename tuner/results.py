@@ -73,6 +73,8 @@ METRICS = ("rmse", "mae", "r2", "mape")
 ABLATION_SWITCHES = ("use_vision", "use_contrastive", "use_variate_selection",
                      "language_backbone")
 UNFINISHED = (RUNNING, PENDING)
+#: Reference rows after the arms of the ablation table, in this order (tuner.baselines).
+REFERENCE_ROWS = ("mean", "ridge", "hgb")
 
 Echo = Callable[[str], Any]
 
@@ -90,11 +92,12 @@ class ReportPaths:
     ablation_md: Path | None = None
     best_trial_id: str | None = None
     notes: list[str] = field(default_factory=list)  # one line each: what was skipped and why
+    index_html: Path | None = None  # the human view (figures in figures/ beside it)
 
     def files(self) -> list[Path]:
         """The files actually written, in a stable order."""
         candidates = [self.trials_csv, self.trials_parquet, self.summary_md, self.best_config,
-                      self.ablation_csv, self.ablation_md]
+                      self.ablation_csv, self.ablation_md, self.index_html]
         return [p for p in candidates if p is not None]
 
 
@@ -373,7 +376,7 @@ def ablation_table(trials: pd.DataFrame, references: list[Any] | None,
         else:
             row["note"] = ""
         rows.append(row)
-    for name in ("mean", "ridge"):
+    for name in REFERENCE_ROWS:
         ref = next((r for r in references or [] if r.name == name), None)
         row = {"row": name, "kind": "reference", "meaning": _REFERENCE_MEANINGS[name],
                "n": 1 if ref is not None else 0, "trials": 0, "seeds": ""}
@@ -394,12 +397,14 @@ def ablation_table(trials: pd.DataFrame, references: list[Any] | None,
 _REFERENCE_MEANINGS = {
     "mean": "reference: predict the training mean",
     "ridge": "reference: ridge regression on the flattened input window",
+    "hgb": "reference: gradient boosting on the flattened input window",
 }
 
 
-def reference_results(meta: dict[str, Any],
-                      data_bundle: Any | None) -> tuple[list[Any] | None, str]:
-    """Mean/ridge baselines on the experiment's split, or (None, reason) when unavailable."""
+def reference_results(meta: dict[str, Any], data_bundle: Any | None, *,
+                      echo: Echo | None = None) -> tuple[list[Any] | None, str]:
+    """Mean/ridge/gradient-boosting baselines on the experiment's split, or (None, reason)
+    when unavailable. `echo` receives the progress lines of the slower fits."""
     from tuner.baselines import reference_baselines
 
     expected = str((meta.get("data") or {}).get("fingerprint") or "")
@@ -416,7 +421,7 @@ def reference_results(meta: dict[str, Any],
         return None, (f"data changed since the search (fingerprint {got} now, {expected} "
                       "in search_meta.json)")
     try:
-        return reference_baselines(data_bundle), ""
+        return reference_baselines(data_bundle, echo=echo), ""
     except (ValueError, np.linalg.LinAlgError) as exc:
         return None, f"baseline fit failed ({_clip(str(exc), 120)})"
 
@@ -580,7 +585,8 @@ def write_summary(path: Path, meta: dict[str, Any], trials: pd.DataFrame,
 
     if kind == "ablation":
         out += ["## Ablation", "", "See ablation.md / ablation.csv (test split, mean ± std "
-                "over seeds, with the mean and ridge reference rows). best_config.yaml is not "
+                "over seeds, with the mean, ridge and gradient-boosting (hgb) reference rows). "
+                "best_config.yaml is not "
                 "written for an ablation experiment: its arms are fixed switch settings, not "
                 "a search.", ""]
         if ablation is not None:
@@ -643,8 +649,9 @@ def write_ablation_md(path: Path, meta: dict[str, Any], table: pd.DataFrame) -> 
            "std is the sample standard deviation (ddof=1) and is omitted when n = 1",
            "- RMSE / MAE in the yield's own units, MAPE in percent; R² < 0 is worse than "
            "predicting the test mean",
-           "- reference rows `mean` and `ridge` are fitted on the same train split (ridge "
-           "alpha chosen on val) and scored once on the same test split", "",
+           "- reference rows `mean`, `ridge` and `hgb` (gradient boosting) are fitted on the "
+           "same train split (ridge alpha and the hgb setting chosen on val) and scored once "
+           "on the same test split", "",
            _ablation_markdown_table(table), ""]
     path.write_text("\n".join(out))
 
@@ -714,14 +721,15 @@ def export_best_config(path: Path, best: dict[str, Any], meta: dict[str, Any],
 
 # ---------------------------------------------------------------------------------- report
 def build_report(experiment_dir: str | Path, *, data_bundle: Any | None = None,
-                 echo: Echo = print) -> ReportPaths:
+                 echo: Echo = print, progress_echo: Echo | None = None) -> ReportPaths:
     """Rebuild STORAGE/NAME/report/ from what is stored; all files appear together or none.
 
-    `data_bundle` (a timesclip.data.DataBundle) is used for the ablation reference rows; when
+    `data_bundle` (a timesclip.data.DataBundle) is used for the reference rows; when
     omitted it is rebuilt from search_meta.json and must match the stored data fingerprint.
     `echo` receives one line naming the report and its files, then one line per note (files
-    skipped and why).
+    skipped and why); `progress_echo` (default: `echo`) the progress of the slower steps.
     """
+    progress_echo = echo if progress_echo is None else progress_echo
     raw = str(experiment_dir)
     if "://" in raw and not raw.startswith("file://"):
         raise UserError(f"{raw}: only local experiment directories can be read; copy it to "
@@ -746,7 +754,7 @@ def build_report(experiment_dir: str | Path, *, data_bundle: Any | None = None,
 
     ablation, references = None, None
     if kind == "ablation":
-        references, reason = reference_results(meta, data_bundle)
+        references, reason = reference_results(meta, data_bundle, echo=progress_echo)
         if references is None:
             notes.append(f"reference baselines unavailable: {reason}")
         ablation = ablation_table(trials, references, reason)
@@ -756,7 +764,7 @@ def build_report(experiment_dir: str | Path, *, data_bundle: Any | None = None,
     else:
         references = None
         if best_test is not None:  # put the exported config's test score next to baselines
-            references, reason = reference_results(meta, data_bundle)
+            references, reason = reference_results(meta, data_bundle, echo=progress_echo)
             if references is None:
                 notes.append(f"reference baselines unavailable: {reason}")
         best = select_best(state, by_id, meta)
@@ -784,6 +792,13 @@ def build_report(experiment_dir: str | Path, *, data_bundle: Any | None = None,
         if ablation is not None:
             ablation.to_csv(tmp_dir / "ablation.csv", index=False)
             write_ablation_md(tmp_dir / "ablation.md", meta, ablation)
+        progress_echo("report: drawing index.html and its figures ...")
+        from tuner.report_html import write_html_report
+
+        write_html_report(tmp_dir, experiment_dir=exp_dir, meta=meta, state=state,
+                          trials=trials, best=best, best_test=best_test,
+                          references=references, ablation=ablation, notes=notes,
+                          progress=progress)
         write_summary(tmp_dir / "summary.md", meta, trials, best, best_test, notes, ablation,
                       references if kind != "ablation" else None, progress=progress,
                       state=state)
@@ -798,7 +813,8 @@ def build_report(experiment_dir: str | Path, *, data_bundle: Any | None = None,
         best_config=final_dir / "best_config.yaml" if best is not None else None,
         ablation_csv=final_dir / "ablation.csv" if ablation is not None else None,
         ablation_md=final_dir / "ablation.md" if ablation is not None else None,
-        best_trial_id=best["trial_id"] if best is not None else None, notes=notes)
+        best_trial_id=best["trial_id"] if best is not None else None, notes=notes,
+        index_html=final_dir / "index.html")
     echo(f"report: {final_dir} ({', '.join(p.name for p in paths.files())})")
     for note in notes:
         echo(f"note: {note}")
@@ -845,7 +861,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "`python -m tuner.search`); it holds search_meta.json")
     args = parser.parse_args(argv)
     try:
-        paths = build_report(args.experiment, echo=lambda _line: None)
+        paths = build_report(args.experiment, echo=lambda _line: None,
+                             progress_echo=lambda line: print(line, flush=True))
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -40,6 +40,10 @@ from tuner.journal import (
 )
 
 BEST_TEST_FILE = "best_test.json"
+#: Per-sample test predictions of the exported configuration (row, year, y_true, y_pred).
+BEST_PREDICTIONS_FILE = "best_test_predictions.csv"
+#: Its variate-selection attention [V, V] averaged over the test split (bands on both axes).
+BEST_ATTENTION_FILE = "best_attention.csv"
 OPTUNA_DB = "optuna.db"
 
 
@@ -77,8 +81,7 @@ class Experiment:
                         max_epochs=int(self.budget["max_epochs"]),
                         experiment_dir=self.exp_dir)
         self.started = time.perf_counter()
-        ledger.on_end = lambda trial: prune_checkpoints(
-            self.exp_dir / TRIALS_DIR / trial.dirname, trial.checkpoint)
+        ledger.on_end = PruneOnEnd(self.exp_dir / TRIALS_DIR)
         ledger.record("driver_start", argv=list(self.argv), resume=bool(self.args.resume),
                       **driver_fields())
         try:
@@ -410,8 +413,20 @@ class Experiment:
         return 0
 
     def _evaluate_best_once(self, state: ExperimentState) -> None:
-        """Score the selected configuration on the test split, once per experiment."""
-        from timesclip.train import evaluate_arrays, load_for_inference
+        """Score the selected configuration on the test split, once per experiment.
+
+        The same forward pass also yields what the report draws: the per-sample predictions
+        and the mean variate-selection attention, stored as plain CSV next to
+        best_test.json (written last: it marks the scoring as done), so the report reads
+        them and never scores the test split again."""
+        from timesclip.metrics import regression_metrics
+        from timesclip.plots import (
+            attention_frame,
+            predict_with_attention,
+            predictions_frame,
+            write_csv,
+        )
+        from timesclip.train import load_for_inference
 
         path = self.exp_dir / BEST_TEST_FILE
         best = select_best(state, self.metric, self.mode)
@@ -427,20 +442,31 @@ class Experiment:
             self.echo(f"best trial {best.tid} has no checkpoint: test split not scored")
             return
         ckdir = self.exp_dir / TRIALS_DIR / best.dirname / best.checkpoint
-        model, config, scaler, _, backbone = load_for_inference(ckdir, device="cpu")
+        model, config, scaler, bands, backbone = load_for_inference(ckdir, device="cpu")
         from timesclip.train import feature_key
 
         shared = self.features is not None and feature_key(config, self.data) == \
             feature_key(self.base, self.data)
-        test = evaluate_arrays(model, config, scaler, backbone, self.data.test.x_raw,
-                               self.data.test.y_raw,
-                               features=self.features["test"] if shared else None)
+        split = self.data.test
+        y_pred, attention = predict_with_attention(
+            model, config, scaler, backbone, split.x_raw,
+            features=self.features["test"] if shared else None)
+        test = regression_metrics(split.y_raw, y_pred)
+        write_csv(predictions_frame(split.y_raw, y_pred, split.years, split.index),
+                  self.exp_dir / BEST_PREDICTIONS_FILE)
+        if attention is not None:
+            write_csv(attention_frame(attention, bands), self.exp_dir / BEST_ATTENTION_FILE,
+                      index=True)
         from tuner.journal import best_value
 
         value, epoch = best_value(best.history, self.metric, self.mode)
         payload = {"trial_id": best.tid, self.metric: value, "epoch": epoch, "test": test,
                    "checkpoint": str(Path(TRIALS_DIR) / best.dirname / best.checkpoint),
-                   "evaluated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+                   "evaluated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                   "predictions": BEST_PREDICTIONS_FILE,
+                   "attention": BEST_ATTENTION_FILE if attention is not None else None,
+                   "bands": [str(b) for b in bands],
+                   "use_variate_selection": bool(config.use_variate_selection)}
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps(payload, indent=2) + "\n")
         os.replace(tmp, path)
@@ -470,6 +496,20 @@ def prune_checkpoints(trial_dir: Path, keep_name: str | None, keep: int = 4) -> 
             shutil.rmtree(path, ignore_errors=True)
 
 
+@dataclass
+class PruneOnEnd:
+    """`Ledger.on_end`: prune an ended trial's old checkpoints.
+
+    A module-level class, not a closure: Ray pickles the searcher, and with it the ledger,
+    into its experiment-state snapshot every few seconds, and a local lambda cannot be
+    pickled (the search would abort at its first snapshot)."""
+
+    trials_dir: Path
+
+    def __call__(self, trial: TrialState) -> None:
+        prune_checkpoints(self.trials_dir / trial.dirname, trial.checkpoint)
+
+
 def _dirname_of(trial: Any) -> str:
     """Ray's trial folder name: our trial id and key parameters (see trial_dirname)."""
     from tuner.tracking import TID_KEY
@@ -478,4 +518,5 @@ def _dirname_of(trial: Any) -> str:
     return trial_dirname(trial.config[TID_KEY], trial.config)
 
 
-__all__ = ["BEST_TEST_FILE", "OPTUNA_DB", "Experiment"]
+__all__ = ["BEST_ATTENTION_FILE", "BEST_PREDICTIONS_FILE", "BEST_TEST_FILE", "OPTUNA_DB",
+           "Experiment", "PruneOnEnd"]

@@ -151,7 +151,8 @@ def train_trial(trial_params: dict[str, Any], *, data: DataBundle,
                          resume_from=resume_from, vision_features=features,
                          backbone=_cached_backbone(config.backbone,
                                                    config.use_vision and features is None),
-                         evaluate_test=setup["kind"] == "ablation", tb_dir=trial_dir)
+                         evaluate_test=setup["kind"] == "ablation", tb_dir=trial_dir,
+                         hparams=trial_hparams(trial_params, setup))
         except NonFiniteLossError as exc:
             tune.report({**{k: math.nan for k in ("val_rmse", "val_loss")}, **last,
                          "epoch": exc.epoch, "diverged": True, "diverged_epoch": exc.epoch,
@@ -164,6 +165,18 @@ def train_trial(trial_params: dict[str, Any], *, data: DataBundle,
             tune.report(metrics, checkpoint=ck)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def trial_hparams(trial_params: dict[str, Any], setup: dict[str, Any]) -> dict[str, Any]:
+    """What TensorBoard's HParams tab lists for a trial: its id and every parameter the
+    search can sample, None where this trial did not sample it (a conditional parameter
+    whose condition did not hold), so all trials describe the same columns."""
+    if setup["kind"] == "ablation":
+        names = ["ablation", "seed"]
+    else:
+        names = list(setup["space"].sampled_names())
+    return {TID_KEY: trial_params.get(TID_KEY),
+            **{name: trial_params.get(name) for name in names}}
 
 
 def _node_id() -> str:
