@@ -295,12 +295,11 @@ class Experiment:
         state: ExperimentState = ledger.state
         budget = self.budget
         storage = self.exp_dir / TRIALS_DIR
-        resume_paths = {t.tid: str(storage / t.dirname / t.checkpoint)
-                        for t in replays if t.checkpoint}
         setup = {"kind": self.space.kind, "space": self.space,
                  "base_config": self.base.to_dict(), "max_epochs": budget["max_epochs"],
                  "cpus_per_trial": resources["cpus_per_trial"],
-                 "feature_key": feature_key(self.base, self.data), "resume": resume_paths,
+                 "feature_key": feature_key(self.base, self.data),
+                 "journal": str(self.exp_dir / JOURNAL_FILE), "trials_root": str(storage),
                  "features_ref": features_ref}
 
         dirname = trial_dirname  # module-level: Ray pickles the searcher that holds it

@@ -134,7 +134,8 @@ class _JournalingScheduler:
 
     def _continue_numbering(self, trial: Any) -> None:
         """A continued trial numbers its checkpoints after the journaled one (Ray would start
-        again at 0 in this driver run and overwrite the folder the journal points to)."""
+        again at 0 in a new driver run, or after the last checkpoint it registered when it
+        requeues a failed trial, and overwrite the folder the journal points to)."""
         state = self.ledger.trial(trial.trial_id)
         storage = getattr(trial, "storage", None)
         if state is not None and storage is not None and \
@@ -652,6 +653,7 @@ class JournalCallback(Callback):
         tid = self.ledger.tid(trial.trial_id)
         if tid is None:
             return
+
         text = ""
         try:
             if trial.error_file and Path(trial.error_file).is_file():

@@ -92,16 +92,38 @@ def resolve_trial_config(trial_params: dict[str, Any], setup: dict[str, Any]) ->
 
 
 def _resume_checkpoint(tid: str | None, setup: dict[str, Any], work: Path) -> Path | None:
-    """Where to continue from: Ray's checkpoint of this trial (a retry in this driver run),
-    else the last checkpoint the journal recorded (a trial continued by a later driver)."""
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is None and tid is not None:
-        path = (setup.get("resume") or {}).get(tid)
-        if path:
-            checkpoint = tune.Checkpoint(path)
+    """Where to continue from: the last checkpoint the journal recorded for this trial.
+
+    That covers a trial continued by a later driver and a retry after a lost worker in this
+    driver run alike. (Ray's own checkpoint of a retried trial is the last one Ray
+    registered, which can be an epoch older than the journal's: the journal line comes
+    first.) Without a journal entry: Ray's checkpoint, if any."""
+    path = journal_checkpoint(setup, tid)
+    checkpoint = tune.Checkpoint(path) if path else tune.get_checkpoint()
     if checkpoint is None:
         return None
     return Path(checkpoint.to_directory(str(work / "restore")))
+
+
+def journal_checkpoint(setup: dict[str, Any], tid: str | None) -> str | None:
+    """The checkpoint directory of `tid`'s last journaled epoch (the journal is on the
+    experiment storage, which every node mounts), or None."""
+    journal, root = setup.get("journal"), setup.get("trials_root")
+    if not journal or not root or tid is None:
+        return None
+    from tuner.journal import read_events
+
+    state_dir, ckpt = None, None
+    for ev in read_events(journal):
+        if ev.get("tid") != tid:
+            continue
+        if ev["ev"] == "trial":
+            state_dir = ev.get("dir") or tid
+        elif ev["ev"] == "result" and ev.get("ckpt"):
+            ckpt = ev["ckpt"]
+    if state_dir is None or ckpt is None:
+        return None
+    return str(Path(root) / state_dir / ckpt)
 
 
 def train_trial(trial_params: dict[str, Any], *, data: DataBundle,
