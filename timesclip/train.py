@@ -350,6 +350,7 @@ def fit(config: TrainConfig, data: DataBundle, *, report: ReportFn | None = None
     loop_start = time.perf_counter()
     try:
         for epoch in range(start_epoch + 1, last_epoch + 1):
+            epoch_start = time.perf_counter()
             train_m = _train_epoch(model, optimizer, tensors["train"], config, epoch)
             val_x, _, val_feats = tensors["val"]
             val_pred, val_closs = predict(model, val_x, val_feats, batch_size=256)
@@ -366,6 +367,7 @@ def fit(config: TrainConfig, data: DataBundle, *, report: ReportFn | None = None
                 scheduler.step(val_loss)
             metrics = {"epoch": epoch, **train_m, "val_loss": val_loss,
                        **{f"val_{k}": v for k, v in val_m.items()}, "lr": lr}
+            epoch_seconds = time.perf_counter() - epoch_start  # training + validation
             history.append(metrics)
             improved = val_loss < best_val
             if improved:
@@ -388,7 +390,12 @@ def fit(config: TrainConfig, data: DataBundle, *, report: ReportFn | None = None
             if log:
                 log(_epoch_line(metrics, config.epochs, improved))
             if report is not None:
-                report(epoch, dict(metrics), str(ckdir) if ckdir is not None else None)
+                # beside the CONTRACT names: the epoch's compute time and the model size,
+                # so a trial stopped early still has both in the search's records
+                extra = {"epoch_seconds": epoch_seconds,
+                         **{f"params_{k}": v for k, v in params.items()}}
+                report(epoch, {**metrics, **extra},
+                       str(ckdir) if ckdir is not None else None)
             if bad_epochs >= config.patience:
                 stopped_early = True
                 if log:

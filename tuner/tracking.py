@@ -57,6 +57,7 @@ ASHA_STATE_FILE = "asha_state.json"
 #: Per-epoch metrics kept in the journal (the trainer's CONTRACT names + Ray's timing).
 KEPT_METRICS = ("epoch", "train_loss", "train_regression_loss", "train_contrastive_loss",
                 "val_loss", "val_rmse", "val_mae", "val_r2", "val_mape", "lr",
+                "epoch_seconds", "params_total", "params_trainable", "params_frozen",
                 "time_this_iter_s")
 
 
