@@ -354,9 +354,9 @@ class Experiment:
             verbose=0, stop=InterruptStopper(ledger),
             failure_config=tune.FailureConfig(max_failures=max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=3),
-            # Trials write train_config.yaml, final.json and TensorBoard events into their
-            # folder; on a multi-node cluster artifact syncing brings them to storage.
-            sync_config=tune.SyncConfig(sync_artifacts=True),
+            # Trials write train_config.yaml, final.json and TensorBoard events straight
+            # into their folder on the (shared) storage: no artifact syncing per epoch.
+            sync_config=tune.SyncConfig(sync_artifacts=False),
             callbacks=[TrialProgress(ledger, budget["max_epochs"]), JournalCallback(ledger)])
         return tune.Tuner(
             trainable,

@@ -105,6 +105,17 @@ def _resume_checkpoint(tid: str | None, setup: dict[str, Any], work: Path) -> Pa
     return Path(checkpoint.to_directory(str(work / "restore")))
 
 
+def _trial_folder(tid: str | None, trial_params: dict[str, Any], setup: dict[str, Any]
+                  ) -> Path:
+    """The trial's folder on the experiment storage, written directly: the storage is a
+    filesystem every node mounts, so nothing has to be synced after each epoch. (Outside a
+    search, e.g. a bare Tune run: Ray's trial directory.)"""
+    root = setup.get("trials_root")
+    if root and tid is not None:
+        return Path(root) / trial_dirname(tid, trial_params)
+    return Path(tune.get_context().get_trial_dir())
+
+
 def journal_checkpoint(setup: dict[str, Any], tid: str | None) -> str | None:
     """The checkpoint directory of `tid`'s last journaled epoch (the journal is on the
     experiment storage, which every node mounts), or None."""
@@ -135,7 +146,7 @@ def train_trial(trial_params: dict[str, Any], *, data: DataBundle,
     tid = trial_params.get(TID_KEY)
     # one "checkpoint created" INFO line per epoch per trial drowns the progress lines
     logging.getLogger("ray.train").setLevel(logging.WARNING)
-    trial_dir = Path(tune.get_context().get_trial_dir())
+    trial_dir = _trial_folder(tid, trial_params, setup)
     trial_dir.mkdir(parents=True, exist_ok=True)
     config.to_yaml(trial_dir / TRAIN_CONFIG_FILE)
 
