@@ -271,6 +271,40 @@ def test_ablation_report(tmp_path):
         [(f"E{i}", s) for i in range(1, 6) for s in (0, 1)]
 
 
+# =============================================================== 2b. strategy flags
+def test_make_sampler_follows_searcher():
+    import optuna
+
+    from tuner.runner import make_sampler
+
+    assert type(make_sampler("random", 3)) is optuna.samplers.RandomSampler
+    assert type(make_sampler("tpe", 3)) is optuna.samplers.TPESampler
+    with pytest.raises(ValueError):
+        make_sampler("grid", 3)
+
+
+@pytest.mark.e2e
+def test_random_fifo_runs_every_trial_to_its_end(tmp_path, small_csvs):
+    """--searcher random --scheduler fifo: recorded in search_meta.json and summary.md, and
+    no trial is cut (each runs to max_epochs or its own early stopping)."""
+    proc, wall = _cli("tuner.search", "--space", "quick", "--searcher", "random",
+                      "--scheduler", "fifo", "--num-samples", 3, "--max-epochs", 3,
+                      "--storage", tmp_path, "--name", "rf", "--num-cpus", 2,
+                      "--data", *small_csvs)
+    print(f"\n[wall] random + FIFO search (3 trials x 3 epochs): {wall:.1f}s")
+    stdout = _ok(proc)
+    assert "RANDOM + FIFO" in stdout
+    exp = tmp_path / "rf"
+    meta = json.loads((exp / "search_meta.json").read_text())
+    assert meta["searcher"] == "random" and meta["scheduler"] == "fifo"
+    summary = (exp / "report" / "summary.md").read_text()
+    assert "random sampler, fifo scheduler" in summary and "## ASHA rungs" not in summary
+    table = _read_csv(exp / "report" / "trials.csv")
+    assert set(table["stopped_by"]) <= {"completed", "early_stopping"}, table["stopped_by"]
+    assert (table["epochs_run"] == 3).all()
+    assert not (exp / "asha_state.json").exists()
+
+
 # =============================================================== 3. a trial that raises
 FAILING_SPACE = f"""\
 description: one sane and one absurd learning rate; the absurd one diverges (NaN loss)

@@ -553,10 +553,17 @@ def write_summary(path: Path, meta: dict[str, Any], trials: pd.DataFrame,
                 "--storage and --name); no best configuration is exported and the test "
                 "split is not touched until every trial has finished.", ""]
 
-    out += ["## ASHA rungs", "",
-            "How many trials ended after each number of epochs (rungs = grace_period x "
-            "reduction_factor^k, capped at max_epochs).", "",
-            _rung_table(trials, budget), ""]
+    if meta.get("scheduler", "asha") == "asha" and kind != "ablation":
+        out += ["## ASHA rungs", "",
+                "How many trials ended after each number of epochs (rungs = grace_period x "
+                "reduction_factor^k, capped at max_epochs).", "",
+                _rung_table(trials, budget), ""]
+    else:
+        out += ["## Epochs per trial", "",
+                "No scheduler stops trials here (FIFO): each ran to max_epochs or to its own "
+                "early stopping.", "",
+                markdown_table(["epochs", "trials"], sorted(
+                    trials["epochs_run"].value_counts().items())), ""]
 
     out += [f"## Top {min(5, len(trials))} trials (validation {metric})", ""]
     top = trials.head(5)

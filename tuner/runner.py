@@ -312,10 +312,8 @@ class Experiment:
                 dirname=dirname, metric=self.metric, mode=self.mode)
             scheduler: Any = JournaledFIFO(ledger)
         else:
-            seed = int(self.base.seed)
-            sampler = (optuna.samplers.RandomSampler(seed=seed)
-                       if self.args.searcher == "random"
-                       else optuna.samplers.TPESampler(seed=seed))
+            sampler = make_sampler(self.args.searcher, int(self.base.seed),
+                                   startup_trials=int(budget.get("startup_trials", 10)))
             db = self.exp_dir / OPTUNA_DB
             ids: dict[str, int] = {}
             if self.args.resume:
@@ -476,6 +474,19 @@ class Experiment:
         from tuner.results import build_report
 
         build_report(self.exp_dir, data_bundle=self.data, echo=self.echo)
+
+
+def make_sampler(searcher: str, seed: int, *, startup_trials: int = 10) -> Any:
+    """`--searcher`: Optuna's TPESampler (`startup_trials` random trials first, from the
+    space's budget; constant liar for the trials still running, Optuna's default) or
+    RandomSampler, seeded alike."""
+    import optuna
+
+    if searcher == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if searcher == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials)
+    raise ValueError(f"unknown searcher {searcher!r}")
 
 
 def vision_features(config: TrainConfig, data: Any) -> dict[str, Any] | None:

@@ -150,6 +150,7 @@ def resolve_budget(args: argparse.Namespace, space: Any) -> dict[str, Any]:
         "reduction_factor": pick(args.reduction_factor, bud.reduction_factor),
         "max_concurrent": pick(args.max_concurrent, bud.max_concurrent),
         "metric": bud.metric, "mode": bud.mode,
+        "startup_trials": getattr(bud, "startup_trials", 10),
     }
     for key in ("num_samples", "max_epochs", "grace_period", "max_concurrent"):
         if budget[key] < 1:
@@ -470,7 +471,8 @@ def search_meta(args: argparse.Namespace, space: Any, base: TrainConfig,
         "sampled_names": (["ablation", "seed"] if space.kind == "ablation"
                           else space.sampled_names()),
         "budget": {k: budget[k] for k in ("num_samples", "max_epochs", "grace_period",
-                                          "reduction_factor", "max_concurrent")},
+                                          "reduction_factor", "max_concurrent",
+                                          "startup_trials")},
         "searcher": "grid" if space.kind == "ablation" else args.searcher,
         "scheduler": "fifo" if space.kind == "ablation" else args.scheduler,
         "seed": base.seed, "resources": resources, "versions": versions(),

@@ -60,7 +60,9 @@ _TYPE_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 
 _TOP_KEYS = ("description", "kind", "budget", "resources", "base", "parameters", "ablation")
 _BUDGET_KEYS = ("num_samples", "max_epochs", "grace_period", "reduction_factor", "metric",
-                "mode", "max_concurrent")
+                "mode", "max_concurrent", "startup_trials")
+#: Optuna's TPESampler default number of random start-up trials.
+DEFAULT_STARTUP_TRIALS = 10
 _RESOURCE_KEYS = ("cpus_per_trial", "gpus_per_trial")
 _ABLATION_KEYS = ("arms", "seeds")
 
@@ -83,6 +85,8 @@ class Budget:
     metric: str  # reported metric to optimise, e.g. val_rmse
     mode: str  # "min" | "max"
     max_concurrent: int  # trials running at once (ConcurrencyLimiter)
+    # random trials before TPE models the results (Optuna's n_startup_trials)
+    startup_trials: int = DEFAULT_STARTUP_TRIALS
 
 
 @dataclass
@@ -732,9 +736,11 @@ def _parse_budget(raw: dict[str, Any], where: str, kind: str, grid_size: int) ->
         raise ConfigError(f"{key('reduction_factor')}: must be > 1 (ASHA keeps "
                           f"1/reduction_factor of trials per rung), got {reduction}")
     max_concurrent = _integer(raw.get("max_concurrent", 1), key("max_concurrent"), minimum=1)
+    startup = _integer(raw.get("startup_trials", DEFAULT_STARTUP_TRIALS),
+                       key("startup_trials"), minimum=1)
     return Budget(num_samples=num_samples, max_epochs=max_epochs, grace_period=grace,
                   reduction_factor=float(reduction), metric=metric, mode=mode,
-                  max_concurrent=max_concurrent)
+                  max_concurrent=max_concurrent, startup_trials=startup)
 
 
 def _parse_resources(raw: dict[str, Any], where: str) -> Resources:
