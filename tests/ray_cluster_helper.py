@@ -28,6 +28,7 @@ def _pids(node) -> list[int]:
 
 def main() -> int:
     temp_dir = sys.argv[1]
+    nodes = int(sys.argv[sys.argv.index("--nodes") + 1]) if "--nodes" in sys.argv else 2
     from ray.cluster_utils import Cluster
 
     # Fast failure detection: a killed node is declared dead within a few seconds.
@@ -36,15 +37,15 @@ def main() -> int:
     cluster = Cluster(initialize_head=True, connect=False, head_node_args={
         "num_cpus": 1, "temp_dir": temp_dir, "include_dashboard": False,
         "_system_config": system_config})
-    worker = cluster.add_node(num_cpus=1, temp_dir=temp_dir)
+    worker = cluster.add_node(num_cpus=1, temp_dir=temp_dir) if nodes > 1 else None
     cluster.wait_for_nodes()
     head = cluster.head_node
     print(json.dumps({"address": cluster.address, "head": head.node_id,
-                      "worker": worker.node_id,
-                      "pids": _pids(head) + _pids(worker)}), flush=True)
+                      "worker": worker.node_id if worker else None,
+                      "pids": _pids(head) + (_pids(worker) if worker else [])}), flush=True)
     for line in sys.stdin:
         command = line.strip()
-        if command == "kill-worker":
+        if command == "kill-worker" and worker is not None:
             cluster.remove_node(worker, allow_graceful=False)
             print(json.dumps({"killed": worker.node_id}), flush=True)
         elif command == "shutdown":
