@@ -20,10 +20,8 @@ every number).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import tempfile
@@ -31,6 +29,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+import ray_cluster_helper  # noqa: E402  (the test cluster, from tests/)
 
 
 def _load() -> str:
@@ -64,30 +65,6 @@ def search(storage: Path, name: str, args: argparse.Namespace, extra: list[str],
     return rate(storage / name)
 
 
-def start_cluster(root: Path, nodes: int, env: dict[str, str]) -> tuple[subprocess.Popen, dict]:
-    temp = root / "ray"
-    temp.mkdir(parents=True, exist_ok=True)
-    helper = subprocess.Popen([sys.executable, str(ROOT / "tests" / "ray_cluster_helper.py"),
-                               str(temp), "--nodes", str(nodes)], cwd=ROOT, env=env,
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              stderr=subprocess.DEVNULL, text=True, start_new_session=True)
-    return helper, json.loads(helper.stdout.readline())
-
-
-def stop_cluster(helper: subprocess.Popen, info: dict) -> None:
-    try:
-        helper.stdin.write("shutdown\n")
-        helper.stdin.flush()
-        helper.wait(timeout=60)
-    except (OSError, subprocess.TimeoutExpired):
-        pass
-    for pid in [helper.pid, *info.get("pids", [])]:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--num-trials", type=int, default=8)
@@ -111,13 +88,14 @@ def main() -> int:
     cluster_env = {**env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token,
                    "RAY_TMPDIR": str(root)}
     for nodes in (1, 2):
-        helper, info = start_cluster(root / f"cluster-{nodes}", nodes, cluster_env)
+        helper, info = ray_cluster_helper.start(root / f"cluster-{nodes}" / "ray",
+                                                cluster_env, nodes)
         try:
             results[f"cluster, {nodes} node(s)"] = search(
                 root, f"cluster-{nodes}", args,
                 ["--address", info["address"], "--max-concurrent", "2"], cluster_env)
         finally:
-            stop_cluster(helper, info)
+            ray_cluster_helper.stop(helper, info)
         print(f"  cluster, {nodes} node(s) x 1 CPU: "
               f"{results[f'cluster, {nodes} node(s)'][0]:.1f} trials/min", flush=True)
 

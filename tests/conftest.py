@@ -93,3 +93,14 @@ def _expected_params(config, n_variates: int) -> dict[str, int]:
 def expected_params() -> Callable[..., dict[str, int]]:
     """expected(config, n_variates) -> {"total", "trainable", "frozen"}."""
     return _expected_params
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Toy-sized tower calls are dominated by thread start-up on a busy 2-core machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -14,7 +14,38 @@ Token authentication is whatever RAY_AUTH_MODE / RAY_AUTH_TOKEN in its environme
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 import sys
+from pathlib import Path
+
+
+def start(temp_dir: Path, env: dict[str, str], nodes: int = 2
+          ) -> tuple[subprocess.Popen, dict]:
+    """Run this file as a subprocess; returns (process, {"address", "head", "worker",
+    "pids"}). Its stdin takes the commands; end it with `stop`."""
+    temp_dir.mkdir(parents=True, exist_ok=True)
+    helper = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), str(temp_dir),
+                               "--nodes", str(nodes)], env=env, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                              start_new_session=True)
+    return helper, json.loads(helper.stdout.readline())
+
+
+def stop(helper: subprocess.Popen, info: dict) -> None:
+    """Shut the cluster down; then end whatever is left, by PID (never `ray stop`)."""
+    try:
+        helper.stdin.write("shutdown\n")
+        helper.stdin.flush()
+        helper.wait(timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    for pid in [helper.pid, *info.get("pids", [])]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def _pids(node) -> list[int]:

@@ -11,15 +11,13 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from search_helpers import REPO, cli, finish, journal_events, start
+import ray_cluster_helper
+from search_helpers import cli, finish, journal_events, start
 
 pytestmark = pytest.mark.e2e
 
@@ -27,32 +25,16 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     root = tmp_path_factory.mktemp("cluster")
-    temp_dir = root / "ray"
-    temp_dir.mkdir()
     token = secrets.token_hex(16)
     env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, RAY_TMPDIR=str(root),
                RAY_USAGE_STATS_ENABLED="0")
     env.pop("RAY_ADDRESS", None)
-    helper = subprocess.Popen([sys.executable, str(REPO / "tests" / "ray_cluster_helper.py"),
-                               str(temp_dir)], cwd=REPO, env=env, stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                              start_new_session=True)
-    info = json.loads(helper.stdout.readline())
+    helper, info = ray_cluster_helper.start(root / "ray", env)
     info.update(helper=helper, token=token, root=root)
     try:
         yield info
     finally:
-        try:
-            helper.stdin.write("shutdown\n")
-            helper.stdin.flush()
-            helper.wait(timeout=60)
-        except (OSError, subprocess.TimeoutExpired):
-            pass
-        for pid in [helper.pid, *info["pids"]]:  # whatever is left, by PID
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        ray_cluster_helper.stop(helper, info)
 
 
 def _search_args(cluster: dict, storage: Path, name: str, data: list[Path], *extra: str):

@@ -115,6 +115,15 @@ def read_events(path: str | Path) -> list[dict[str, Any]]:
     return events
 
 
+def as_float(value: Any) -> float:
+    """A float or NaN (None, strings and non-finite values all become NaN)."""
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return math.nan
+    return out if math.isfinite(out) else math.nan
+
+
 def _plain(value: Any) -> Any:
     """JSON-safe values: non-finite floats become None, numpy scalars plain Python."""
     if isinstance(value, dict):
@@ -409,6 +418,6 @@ def _clip(text: str, limit: int = _MAX_ERROR) -> str:
 
 
 __all__ = ["DIVERGED", "ENDED", "ERROR", "JOURNAL_FILE", "PENDING", "RUNNING", "TERMINATED",
-           "TRIALS_DIR", "ExperimentState", "Journal", "Segment", "TrialState", "best_value",
-           "driver_fields", "load_state", "read_events", "repair_tail", "replay",
+           "TRIALS_DIR", "ExperimentState", "Journal", "Segment", "TrialState", "as_float",
+           "best_value", "driver_fields", "load_state", "read_events", "repair_tail", "replay",
            "select_best", "summarize_error"]

@@ -42,7 +42,7 @@ from timesclip.plots import (
     save_figure,
     stamp,
 )
-from tuner.journal import JOURNAL_FILE, TERMINATED, ExperimentState, read_events
+from tuner.journal import JOURNAL_FILE, TERMINATED, ExperimentState, as_float, read_events
 from tuner.journal import select_best as select_best_trial
 from tuner.results import METRICS, REFERENCE_ROWS, fmt
 
@@ -766,12 +766,7 @@ def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _num(value: Any) -> float:
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        return float("nan")
-    return out if math.isfinite(out) else float("nan")
+_num = as_float
 
 
 def _short(exc: BaseException, limit: int = 160) -> str:

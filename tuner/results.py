@@ -49,6 +49,7 @@ from tuner.journal import (
     ExperimentState,
     TrialState,
     _clip,
+    as_float,
     best_value,
     load_state,
 )
@@ -189,13 +190,7 @@ def load_trials(experiment_dir: Path, state: ExperimentState | None = None
 
 
 # ---------------------------------------------------------------------------------- tables
-def _num(value: Any) -> float:
-    """A float or NaN (None, strings and non-finite values all become NaN)."""
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        return float("nan")
-    return out if math.isfinite(out) else float("nan")
+_num = as_float
 
 
 def _config_columns(meta: dict[str, Any]) -> list[str]:
