@@ -11,13 +11,22 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import signal
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import ray_cluster_helper
-from search_helpers import cli, finish, journal_events, start
+from search_helpers import (
+    check_consistent,
+    cli,
+    finish,
+    journal_events,
+    kill_group,
+    start,
+    wait_for_results,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -135,3 +144,34 @@ def test_trials_on_both_nodes_and_a_lost_worker_node(cluster, tmp_path, small_cs
           f"{row['retry_errors'][:160]}")
     assert "search finished: 4 trials" in output
     assert f"retry    {victim}" in output
+
+
+def test_driver_killed_then_preempted_on_the_cluster(cluster, tmp_path, small_csvs):
+    """The driver of a search on the cluster is SIGKILLed, resumed, then sent SIGTERM
+    (preemption), and resumed again: exit codes 143 then 0, and the finished experiment is
+    consistent (every trial once, none trained again, study and table agree)."""
+    name = "driver-kills"
+    exp = tmp_path / name
+    base = _search_args(cluster, tmp_path, name, small_csvs, "--num-samples", "6",
+                        "--max-epochs", "6")
+    first = start(*base, log=tmp_path / "first.log", **_token_env(cluster))
+    wait_for_results(exp, 4, first)
+    kill_group(first, signal.SIGKILL)
+    code, _ = finish(first)
+    assert code == -signal.SIGKILL
+
+    second = start(*base, "--resume", log=tmp_path / "second.log", **_token_env(cluster))
+    wait_for_results(exp, 9, second)
+    sent = time.perf_counter()
+    second.send_signal(signal.SIGTERM)
+    code, output = finish(second)
+    print(f"\n[time] SIGTERM on the cluster: exit {code} {time.perf_counter() - sent:.1f}s "
+          "after the signal")
+    assert code == 143, output[-3000:]
+    assert "interrupted by SIGTERM" in output and "continue with: " in output
+
+    proc, wall = cli(*base, "--resume", timeout=600, **_token_env(cluster))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    counts = check_consistent(exp, 6)
+    assert counts["drivers"] == 3 and counts["interruptions"] == 2
+    print(f"[wall] final resume on the cluster: {wall:.1f}s; {counts}")

@@ -287,13 +287,15 @@ def test_make_sampler_follows_searcher():
 def test_random_fifo_runs_every_trial_to_its_end(tmp_path, small_csvs):
     """--searcher random --scheduler fifo: recorded in search_meta.json and summary.md, and
     no trial is cut (each runs to max_epochs or its own early stopping)."""
+    cache = tmp_path / "cache"  # a feature cache of its own: the first search fills it
     proc, wall = _cli("tuner.search", "--space", "quick", "--searcher", "random",
                       "--scheduler", "fifo", "--num-samples", 3, "--max-epochs", 3,
                       "--storage", tmp_path, "--name", "rf", "--num-cpus", 2,
-                      "--data", *small_csvs)
+                      "--feature-cache", cache, "--data", *small_csvs)
     print(f"\n[wall] random + FIFO search (3 trials x 3 epochs): {wall:.1f}s")
     stdout = _ok(proc)
     assert "RANDOM + FIFO" in stdout
+    assert "vision features: encoding" in stdout and "stored in cache" in stdout
     exp = tmp_path / "rf"
     meta = json.loads((exp / "search_meta.json").read_text())
     assert meta["searcher"] == "random" and meta["scheduler"] == "fifo"
@@ -303,6 +305,14 @@ def test_random_fifo_runs_every_trial_to_its_end(tmp_path, small_csvs):
     assert set(table["stopped_by"]) <= {"completed", "early_stopping"}, table["stopped_by"]
     assert (table["epochs_run"] == 3).all()
     assert not (exp / "asha_state.json").exists()
+
+    # a second search on the same data and backbone spends no time in the vision tower
+    again, wall = _cli("tuner.search", "--space", "quick", "--num-samples", 1,
+                       "--max-epochs", 1, "--storage", tmp_path, "--name", "again",
+                       "--num-cpus", 2, "--feature-cache", cache, "--data", *small_csvs)
+    print(f"[wall] second search, features from the cache: {wall:.1f}s")
+    out = _ok(again)
+    assert "vision features: loaded from cache" in out and "encoding" not in out
 
 
 # =============================================================== 3. a trial that raises
