@@ -364,6 +364,17 @@ def test_closable_at_resume_for_each_ending():
         assert not closable_at_resume(_trial(2, ["continue", "stop"], status=status), 8)
 
 
+def test_closable_at_resume_when_fit_had_returned():
+    """SIGTERM landed after early stopping ended a trial's fit() (final.json written) but
+    before Ray's completion reached the journal: closed, not run again."""
+    assert closable_at_resume(_trial(4, ["continue"] * 4), 8, fit_finished_at=4)
+    # fit() went further than the journal: the unjournaled epochs must be trained again
+    assert not closable_at_resume(_trial(4, ["continue"] * 4), 8, fit_finished_at=5)
+    assert not closable_at_resume(_trial(0), 8, fit_finished_at=0)
+    assert classify_end(_trial(4, ["continue"] * 4), 8, error=False) == \
+        (TERMINATED, "early_stopping")
+
+
 def test_record_end_journals_the_value_selection_uses(tmp_path):
     journal = Journal(tmp_path / JOURNAL_FILE, 1)
     ledger = Ledger(journal, ExperimentState(), metric="val_rmse", mode="min", max_epochs=8,

@@ -39,6 +39,10 @@ from typing import Any
 JOURNAL_FILE = "journal.jsonl"
 #: Ray's trial folders (and Ray's own state files) live under this sub-directory.
 TRIALS_DIR = "trials"
+#: Files a trial writes into its folder (tuner.trainable writes them, tuner.results and
+#: the resume read them); final.json only when its fit() returned.
+TRAIN_CONFIG_FILE = "train_config.yaml"
+FINAL_FILE = "final.json"
 VERSION = 1
 
 #: Trial statuses in the report (CONTRACT column `status`).

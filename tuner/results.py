@@ -41,10 +41,12 @@ from timesclip.errors import ConfigError, UserError
 from tuner.journal import (
     DIVERGED,
     ERROR,
+    FINAL_FILE,
     JOURNAL_FILE,
     PENDING,
     RUNNING,
     TERMINATED,
+    TRAIN_CONFIG_FILE,
     TRIALS_DIR,
     ExperimentState,
     TrialState,
@@ -58,9 +60,6 @@ from tuner.journal import select_best as select_best_trial
 META_FILE = "search_meta.json"
 BEST_TEST_FILE = "best_test.json"
 REPORT_DIR = "report"
-# Files a trial writes next to Ray's own (see tuner/trainable.py).
-TRAIN_CONFIG_FILE = "train_config.yaml"
-FINAL_FILE = "final.json"
 
 #: Columns every trials table has, in this order (CONTRACT) — followed by extras and config.*.
 CONTRACT_COLUMNS = ["trial_id", "status", "epochs_run", "best_val_rmse", "last_val_rmse",

@@ -29,6 +29,7 @@ from typing import Any
 
 from timesclip.config import TrainConfig
 from tuner.journal import (
+    FINAL_FILE,
     JOURNAL_FILE,
     TRIALS_DIR,
     ExperimentState,
@@ -104,7 +105,8 @@ class Experiment:
         if self.args.resume:
             self._print_resume_state(state)
             for trial in state.unfinished:
-                if closable_at_resume(trial, int(self.budget["max_epochs"])):
+                if closable_at_resume(trial, int(self.budget["max_epochs"]),
+                                      self._fit_finished_at(trial)):
                     record_end(ledger, trial, error=False)
         replays = state.unfinished
         to_create = max(0, int(self.budget["num_samples"]) - len(state.trials))
@@ -113,6 +115,14 @@ class Experiment:
             if signum is not None:
                 return self._interrupted(ledger, signum)
         return self._finished(ledger)
+
+    def _fit_finished_at(self, trial: TrialState) -> int | None:
+        """epochs_run of the trial's final.json (written when its fit() returned), or None."""
+        path = self.exp_dir / TRIALS_DIR / trial.dirname / FINAL_FILE
+        try:
+            return int(json.loads(path.read_text())["epochs_run"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
 
     def _print_resume_state(self, state: ExperimentState) -> None:
         ended = len(state.ended)

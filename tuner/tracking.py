@@ -335,13 +335,20 @@ def record_end(ledger: Ledger, trial: TrialState, *, error: bool,
     return record
 
 
-def closable_at_resume(trial: TrialState, max_epochs: int) -> bool:
+def closable_at_resume(trial: TrialState, max_epochs: int,
+                       fit_finished_at: int | None = None) -> bool:
     """An unfinished trial whose end was decided but not journaled (the driver died in
-    between): its last journaled report made the scheduler stop it, or it diverged.
-    Such a trial is closed without running it again."""
+    between): its last journaled report made the scheduler stop it, it diverged, or its
+    fit() had already returned (`fit_finished_at`: the epochs_run of the trial's
+    final.json, None without one) after the last journaled epoch — early stopping ended
+    it and only Ray's completion event was lost. Such a trial is closed without running
+    it again (a re-run would train nothing and report nothing)."""
     if trial.ended:
         return False
     if trial.diverged:
+        return True
+    if fit_finished_at is not None and trial.epochs_run > 0 \
+            and fit_finished_at == trial.epochs_run:
         return True
     return bool(trial.decisions) and trial.decisions[-1][1] == "stop"
 

@@ -31,10 +31,8 @@ from timesclip.data import DataBundle
 from timesclip.errors import NonFiniteLossError
 from timesclip.model import Backbone, load_backbone
 from timesclip.train import FitResult, feature_key, fit
+from tuner.journal import FINAL_FILE, TRAIN_CONFIG_FILE
 
-#: Names of the files a trial writes into its folder (read by tuner.results).
-TRAIN_CONFIG_FILE = "train_config.yaml"
-FINAL_FILE = "final.json"
 TID_KEY = "trial_id"  # same as tuner.tracking.TID_KEY (kept here: no driver imports)
 
 #: The last backbone this worker process loaded. Workers are reused between trials
