@@ -19,7 +19,8 @@ One run measures, on the same machine and in the same minutes:
 3. With `--baseline-checkout DIR` (e.g. a `git worktree` of an earlier commit), the same
    command in that checkout, right before, so "before" and "after" are measured side by
    side under the same load (per-trial overhead needs the journal, so only time to the
-   first epoch and the wall time are compared).
+   first epoch and the wall time are compared; the per-trial overhead too when that
+   checkout writes a journal).
 
 Numbers depend on the load from other processes: the load average is printed.
 """
@@ -95,6 +96,8 @@ def per_trial_overhead(exp: Path) -> list[dict]:
     sys.path.insert(0, str(ROOT))
     from tuner.journal import read_events
 
+    if not (exp / "journal.jsonl").exists():  # a baseline from before the journal
+        return []
     events = read_events(exp / "journal.jsonl")
     start: dict[str, float] = {}
     end: dict[str, float] = {}
@@ -153,7 +156,7 @@ def main() -> int:
     for name, run in runs.items():
         print(f"features, {name}: {run['features'] or '(none reported)'}")
 
-    for name in ("after, empty feature cache", "after, features cached"):
+    for name in runs:
         rows = per_trial_overhead(runs[name]["exp"])
         if not rows:
             continue

@@ -48,7 +48,7 @@ from tuner.tracking import (
     restore_sampler_state,
     sampler_state,
 )
-from tuner.trainable import trial_dirname
+from tuner.trainable import publish_checkpoint, trial_dirname
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -98,7 +98,7 @@ def test_replay_folds_every_kind_of_event():
     assert (t0.status, t0.stopped_by, t0.ended) == (TERMINATED, "asha", True)
     assert t0.history == {1: {"epoch": 1, "val_rmse": 2.0}, 2: {"epoch": 2, "val_rmse": 1.5}}
     assert t0.decisions == [(1, "continue"), (2, "stop")] and t0.epochs_run == 2
-    assert t0.checkpoint == "checkpoint_000001" and t0.checkpoint_index == 1
+    assert t0.checkpoint == "checkpoint_000001"
     assert t0.node == "10.0.0.1/aa" and t0.params == {"lr": 1e-3}
     assert t0.dirname == "t0000-dir" and t0.ray_ids == ["ray-t0000"]
     assert (t1.status, t1.stopped_by) == (ERROR, "error") and t1.end["error"] == "boom"
@@ -106,7 +106,7 @@ def test_replay_folds_every_kind_of_event():
     assert t1.retries == [{"error": "RayActorError: died", "node": "10.0.0.1", "seg": 1,
                            "t": 110.0}]
     assert (t2.status, t2.stopped_by, t2.ended, t2.node) == (PENDING, "unfinished", False, None)
-    assert t2.checkpoint_index == -1 and t2.epochs_run == 0
+    assert t2.checkpoint is None and t2.epochs_run == 0
     assert state.rungs == [(1.0, "t0000", 2.0), (2.0, "t0001", 0.5)]
     assert state.rung_table() == {1.0: {"t0000": 2.0}, 2.0: {"t0001": 0.5}}
     assert [t.tid for t in state.ended] == ["t0000", "t0001"]
@@ -132,7 +132,7 @@ def test_re_reported_epoch_replaces_the_abandoned_attempt():
     assert trial.epochs == [1, 2] and trial.epochs_run == 2
     assert trial.history[2]["val_rmse"] == 0.9
     assert trial.result_times == {1: 1.0, 2: 6.0}
-    assert trial.checkpoint == "checkpoint_000001" and trial.checkpoint_index == 1
+    assert trial.checkpoint == "checkpoint_000001"
     assert best_value(trial.history, "val_rmse", "min") == (0.9, 2)
 
 
@@ -147,15 +147,6 @@ def test_events_for_never_created_trials_are_ignored():
     assert list(state.trials) == ["t0000"]
     assert state.rungs == [] and state.ended == []
     assert state.segments[1].end == 4.0  # the driver run still lasted until then
-
-
-def test_checkpoint_index():
-    trial = TrialState(tid="t", index=0, params={}, dirname="t")
-    assert trial.checkpoint_index == -1
-    trial.checkpoint = "checkpoint_000012"
-    assert trial.checkpoint_index == 12
-    trial.checkpoint = "weird"
-    assert trial.checkpoint_index == -1
 
 
 def test_wall_seconds_sum_spans_per_driver_run():
@@ -364,15 +355,18 @@ def test_closable_at_resume_for_each_ending():
         assert not closable_at_resume(_trial(2, ["continue", "stop"], status=status), 8)
 
 
-def test_closable_at_resume_when_fit_had_returned():
-    """SIGTERM landed after early stopping ended a trial's fit() (final.json written) but
-    before Ray's completion reached the journal: closed, not run again."""
-    assert closable_at_resume(_trial(4, ["continue"] * 4), 8, fit_finished_at=4)
-    # fit() went further than the journal: the unjournaled epochs must be trained again
-    assert not closable_at_resume(_trial(4, ["continue"] * 4), 8, fit_finished_at=5)
-    assert not closable_at_resume(_trial(0), 8, fit_finished_at=0)
-    assert classify_end(_trial(4, ["continue"] * 4), 8, error=False) == \
-        (TERMINATED, "early_stopping")
+def test_closable_at_resume_when_fit_had_ended():
+    """The driver died after journaling a trial's last epoch (early stopping or the epoch
+    budget) but before Ray's completion reached the journal: closed, not run again."""
+    events = [ev("driver_start", 1, 0.0), trial_ev("t0000", 1, 1.0, 0),
+              result_ev("t0000", 1, 2.0, 1, 0.9), result_ev("t0000", 1, 3.0, 2, 0.8)]
+    events[-1]["fit_ends"] = True
+    trial = replay(events).trials["t0000"]
+    assert trial.fit_ends and closable_at_resume(trial, 8)
+    assert classify_end(trial, 8, error=False) == (TERMINATED, "early_stopping")
+    # a retried attempt reporting an earlier epoch again: that report decides
+    trial = replay([*events, result_ev("t0000", 1, 4.0, 2, 0.8)]).trials["t0000"]
+    assert not trial.fit_ends and not closable_at_resume(trial, 8)
 
 
 def test_record_end_journals_the_value_selection_uses(tmp_path):
@@ -674,3 +668,45 @@ def test_trial_dirname_is_one_short_component_with_key_parameters():
     assert len(long) == 64 and long.startswith("t0004-") and not long.endswith("-")
     assert trial_dirname("t0005", {}) == "t0005"
     assert len(trial_dirname("t0006", params, limit=12)) <= 12
+
+
+def test_published_checkpoints_are_frozen_links_and_the_newest_three_stay(tmp_path):
+    """An epoch's checkpoint folder is published by hard links to fit()'s files; fit()
+    replacing its files afterwards (a new inode per atomic save) never changes it."""
+    trial_dir, work = tmp_path / "t0000", tmp_path / "t0000" / ".fit-x" / "ckpt"
+    work.mkdir(parents=True)
+
+    def save(name: str, text: str) -> None:  # fit()'s atomic save: write aside, replace
+        (work / (name + ".tmp")).write_text(text)
+        (work / (name + ".tmp")).replace(work / name)
+
+    save("best.pt", "best-1")
+    for epoch in range(1, 6):
+        save("last.pt", f"last-{epoch}")
+        if epoch == 3:
+            save("best.pt", "best-3")
+        assert publish_checkpoint(work, trial_dir, epoch) == f"checkpoint_{epoch:06d}"
+    folders = sorted(p.name for p in trial_dir.glob("checkpoint_*"))
+    assert folders == ["checkpoint_000003", "checkpoint_000004", "checkpoint_000005"]
+    assert (trial_dir / "checkpoint_000004" / "last.pt").read_text() == "last-4"
+    assert (trial_dir / "checkpoint_000005" / "best.pt").read_text() == "best-3"
+    # linked, not copied: the unchanged best.pt is one file shared by the epochs
+    assert os.path.samefile(trial_dir / "checkpoint_000004" / "best.pt", work / "best.pt")
+    assert not list(trial_dir.glob(".checkpoint_*"))  # no half-published folder left
+    # an epoch trained again after its result was lost replaces its folder
+    save("last.pt", "last-5-again")
+    publish_checkpoint(work, trial_dir, 5)
+    assert (trial_dir / "checkpoint_000005" / "last.pt").read_text() == "last-5-again"
+
+
+def test_a_repeated_epoch_is_neither_journaled_nor_ranked(tmp_path):
+    """A retry with nothing left to train sends its last journaled epoch again (marked
+    `repeat`) so Ray can close it: ASHA continues it, the journal and the rungs stay put."""
+    driver = AshaDriver(tmp_path, 1)
+    driver.feed([("t0000", 1, 1.0), ("t0001", 1, 2.0)])
+    before = (len(read_events(tmp_path / JOURNAL_FILE)), driver.asha.rung_records())
+    action = driver.asha.on_trial_result(None, driver.fake("t0001"),
+                                         {"epoch": 1, "val_rmse": 0.1, "repeat": True})
+    driver.close()
+    assert action == TrialScheduler.CONTINUE
+    assert (len(read_events(tmp_path / JOURNAL_FILE)), driver.asha.rung_records()) == before

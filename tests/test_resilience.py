@@ -176,3 +176,14 @@ def test_killed_twice_and_resumed_matches_an_uninterrupted_search(tmp_path, smal
         json.loads((ref / "best_test.json").read_text())["test"]
     print(f"[info] ASHA stopped {counts['asha_stopped']} of {SAMPLES} trials in both runs; "
           f"outcomes:\n{_outcomes(exp)[['trial_id', 'stopped_by', 'epochs_run']]}")
+
+    # 4. killed right after the very last result: the resume has nothing left to run (the
+    # last trial is closed from the journal) and must still settle the Optuna study
+    results = sum(1 for e in journal_events(ref) if e["ev"] == "result")
+    last, _ = cli(*_args(tmp_path, "at-end", small_csvs, *one),
+                  TIMESCLIP_CRASH_AFTER_RESULTS=str(results))
+    assert last.returncode == -signal.SIGKILL
+    ok(cli(*_args(tmp_path, "at-end", small_csvs, *one, "--resume"))[0])
+    check_consistent(tmp_path / "at-end", SAMPLES)
+    pd.testing.assert_frame_equal(_outcomes(tmp_path / "at-end"), _outcomes(ref),
+                                  check_exact=True)

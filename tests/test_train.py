@@ -35,6 +35,13 @@ def test_fit_reports_each_epoch_with_contract_names(small_bundle, tiny_config, t
     assert result.epochs_run == 3 and 1 <= result.best_epoch <= 3
     assert set(result.val) == {"rmse", "mae", "r2", "mape"} and result.test is not None
     assert result.params == expected_params(tiny_config, len(small_bundle.bands))
+    # the reported val metrics are those of the saved best model, scored afresh
+    from timesclip.train import evaluate_arrays, load_for_inference
+
+    model, config, scaler, _, backbone = load_for_inference(tmp_path / "ck", device="cpu")
+    fresh = evaluate_arrays(model, config, scaler, backbone, small_bundle.val.x_raw,
+                            small_bundle.val.y_raw, progress=None)
+    assert result.val == pytest.approx(fresh, rel=1e-6, abs=1e-9)
 
 
 def test_tensorboard_tags(small_bundle, tiny_config, tmp_path):

@@ -392,8 +392,13 @@ def fit(config: TrainConfig, data: DataBundle, *, report: ReportFn | None = None
             if report is not None:
                 # beside the CONTRACT names: the epoch's compute time and the model size,
                 # so a trial stopped early still has both in the search's records
+                # fit_ends: nothing follows this epoch (the budget is spent or early
+                # stopping is about to end the run), so a search that loses the run's
+                # completion can close it from this report rather than resume it
                 extra = {"epoch_seconds": epoch_seconds,
-                         **{f"params_{k}": v for k, v in params.items()}}
+                         **{f"params_{k}": v for k, v in params.items()},
+                         "fit_ends": bool(bad_epochs >= config.patience
+                                          or epoch >= config.epochs)}
                 report(epoch, {**metrics, **extra},
                        str(ckdir) if ckdir is not None else None)
             if bad_epochs >= config.patience:
@@ -408,8 +413,15 @@ def fit(config: TrainConfig, data: DataBundle, *, report: ReportFn | None = None
     train_seconds = elapsed_before + time.perf_counter() - loop_start
 
     load_trainable_state(model, best_state)
-    val_pred, _ = predict(model, tensors["val"][0], tensors["val"][2], batch_size=256)
-    val_final = score(val_pred, data.val.y_raw, data.scaler)
+    # The best epoch's validation metrics were computed from these very weights (same
+    # batches, eval mode): reuse them rather than a second pass over the val split.
+    best_row = next((h for h in history if int(h["epoch"]) == best_epoch), None)
+    if best_row is not None:
+        val_final = {k.removeprefix("val_"): float(v) for k, v in best_row.items()
+                     if k.startswith("val_") and k != "val_loss"}
+    else:
+        val_pred, _ = predict(model, tensors["val"][0], tensors["val"][2], batch_size=256)
+        val_final = score(val_pred, data.val.y_raw, data.scaler)
     test_final = None
     if evaluate_test:
         test_pred, _ = predict(model, tensors["test"][0], tensors["test"][2], batch_size=256)

@@ -43,6 +43,9 @@ TRIALS_DIR = "trials"
 #: the resume read them); final.json only when its fit() returned.
 TRAIN_CONFIG_FILE = "train_config.yaml"
 FINAL_FILE = "final.json"
+#: Marks a trial result that only repeats an already journaled epoch (a retry that had
+#: nothing left to train reports it so Ray can close the trial; it is not journaled).
+REPEAT_KEY = "repeat"
 VERSION = 1
 
 #: Trial statuses in the report (CONTRACT column `status`).
@@ -170,6 +173,7 @@ class TrialState:
     # seconds the trial ran, summed over drivers (first event to last event per driver)
     spans: dict[int, list[float]] = field(default_factory=dict)
     decisions: list[tuple[int, str]] = field(default_factory=list)  # (epoch, decision)
+    fit_ends: bool = False  # its last journaled epoch was the last its fit() trains
 
     @property
     def ended(self) -> bool:
@@ -182,17 +186,6 @@ class TrialState:
     @property
     def epochs_run(self) -> int:
         return max(self.history) if self.history else 0
-
-    @property
-    def checkpoint_index(self) -> int:
-        """Index of the last journaled checkpoint (-1: none), so a continued trial numbers
-        its next checkpoint after it instead of overwriting it."""
-        if not self.checkpoint:
-            return -1
-        try:
-            return int(self.checkpoint.rsplit("_", 1)[-1])
-        except ValueError:
-            return -1
 
     @property
     def wall_seconds(self) -> float:
@@ -306,6 +299,7 @@ class ExperimentState:
                 trial.result_times[epoch] = t
                 trial.checkpoint = ev.get("ckpt") or trial.checkpoint
                 trial.decisions.append((epoch, str(ev.get("decision", "continue"))))
+                trial.fit_ends = bool(ev.get("fit_ends"))
             if ev.get("rung"):
                 milestone, value = ev["rung"]
                 self.rungs.append((float(milestone), tid, float(value)))

@@ -7,6 +7,8 @@ from typing import Any
 
 from ray.tune import Callback
 
+from tuner.journal import REPEAT_KEY
+
 
 class TrialProgress(Callback):
     """Prints trial starts, each reported epoch, and how each trial ended.
@@ -35,6 +37,8 @@ class TrialProgress(Callback):
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                         **info: Any) -> None:
+        if result.get(REPEAT_KEY):  # an epoch already shown, sent again to end a retry
+            return
         if result.get("diverged"):
             print(f"{self._t()} diverged {self._id(trial)}  at epoch {result.get('epoch')}, "
                   f"step {result.get('diverged_step')} (not retried)", flush=True)

@@ -29,7 +29,6 @@ from typing import Any
 
 from timesclip.config import TrainConfig
 from tuner.journal import (
-    FINAL_FILE,
     JOURNAL_FILE,
     TRIALS_DIR,
     ExperimentState,
@@ -105,24 +104,28 @@ class Experiment:
         if self.args.resume:
             self._print_resume_state(state)
             for trial in state.unfinished:
-                if closable_at_resume(trial, int(self.budget["max_epochs"]),
-                                      self._fit_finished_at(trial)):
+                if closable_at_resume(trial, int(self.budget["max_epochs"])):
                     record_end(ledger, trial, error=False)
         replays = state.unfinished
         to_create = max(0, int(self.budget["num_samples"]) - len(state.trials))
+        if self.args.resume and not (replays or to_create) and self.space.kind != "ablation":
+            # every trial had ended (some closed just now): no Tuner runs, so the study
+            # is brought in line with the journal here
+            self._rebuild_study(state, [])
         if replays or to_create:
             signum = self._run_trials(ledger, replays, to_create)
             if signum is not None:
                 return self._interrupted(ledger, signum)
         return self._finished(ledger)
 
-    def _fit_finished_at(self, trial: TrialState) -> int | None:
-        """epochs_run of the trial's final.json (written when its fit() returned), or None."""
-        path = self.exp_dir / TRIALS_DIR / trial.dirname / FINAL_FILE
-        try:
-            return int(json.loads(path.read_text())["epochs_run"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
+    def _rebuild_study(self, state: ExperimentState, replays: Sequence[TrialState]
+                       ) -> dict[str, int]:
+        """optuna.db written anew from the journal (see tracking.rebuild_study)."""
+        from tuner.tracking import rebuild_study
+
+        return rebuild_study(self.exp_dir / OPTUNA_DB, study_name=self.name,
+                             direction="minimize" if self.mode == "min" else "maximize",
+                             state=state, replays=replays, metric=self.metric)
 
     def _print_resume_state(self, state: ExperimentState) -> None:
         ended = len(state.ended)
@@ -297,7 +300,6 @@ class Experiment:
             JournaledFIFO,
             JournaledOptunaSearch,
             Replay,
-            rebuild_study,
             restore_sampler_state,
         )
         from tuner.trainable import train_trial, trial_dirname
@@ -327,10 +329,7 @@ class Experiment:
             db = self.exp_dir / OPTUNA_DB
             ids: dict[str, int] = {}
             if self.args.resume:
-                ids = rebuild_study(db, study_name=self.name,
-                                    direction="minimize" if self.mode == "min"
-                                    else "maximize",
-                                    state=state, replays=replays, metric=self.metric)
+                ids = self._rebuild_study(state, replays)
                 if restore_sampler_state(sampler, state.sampler_state):
                     self.echo("optuna: study rebuilt from the journal; sampler continues its "
                               "random stream")
@@ -361,9 +360,9 @@ class Experiment:
             name=f"{self.name}/{TRIALS_DIR}", storage_path=str(self.exp_dir.parent),
             verbose=0, stop=InterruptStopper(ledger),
             failure_config=tune.FailureConfig(max_failures=max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=3),
-            # Trials write train_config.yaml, final.json and TensorBoard events straight
-            # into their folder on the (shared) storage: no artifact syncing per epoch.
+            # Trials write train_config.yaml, final.json, TensorBoard events and their
+            # checkpoints straight into their folder on the (shared) storage: no artifact
+            # syncing and no checkpoint copying per epoch (see publish_checkpoint).
             sync_config=tune.SyncConfig(sync_artifacts=False),
             callbacks=[TrialProgress(ledger, budget["max_epochs"]), JournalCallback(ledger)])
         return tune.Tuner(
@@ -506,14 +505,18 @@ def vision_features(config: TrainConfig, data: Any) -> dict[str, Any] | None:
     return compute_features(config, data, progress="vision features")
 
 
-def prune_checkpoints(trial_dir: Path, keep_name: str | None, keep: int = 4) -> None:
+def prune_checkpoints(trial_dir: Path, keep_name: str | None, keep: int = 3) -> None:
     """After a trial ended, keep its newest `keep` checkpoints (always the one the journal
-    names). Ray keeps 3 within one driver run; this also drops what earlier runs left.
-    One more than Ray keeps, so this never races Ray deleting its own oldest."""
-    found = sorted(p for p in trial_dir.glob("checkpoint_*") if p.is_dir())
+    names), and drop the working folders a killed run left (a trial closed at resume never
+    runs again to remove them)."""
+    from tuner.trainable import CHECKPOINT_PREFIX, WORK_PREFIX
+
+    found = sorted(p for p in trial_dir.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir())
     for path in found[:-keep]:
         if path.name != keep_name:
             shutil.rmtree(path, ignore_errors=True)
+    for path in [*trial_dir.glob(f"{WORK_PREFIX}*"), *trial_dir.glob(f".{CHECKPOINT_PREFIX}*")]:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @dataclass

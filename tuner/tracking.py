@@ -43,6 +43,7 @@ from ray.tune.search.optuna import OptunaSearch
 from tuner.journal import (
     DIVERGED,
     ERROR,
+    REPEAT_KEY,
     TERMINATED,
     ExperimentState,
     Journal,
@@ -133,16 +134,6 @@ class _JournalingScheduler:
 
     ledger: Ledger
 
-    def _continue_numbering(self, trial: Any) -> None:
-        """A continued trial numbers its checkpoints after the journaled one (Ray would start
-        again at 0 in a new driver run, or after the last checkpoint it registered when it
-        requeues a failed trial, and overwrite the folder the journal points to)."""
-        state = self.ledger.trial(trial.trial_id)
-        storage = getattr(trial, "storage", None)
-        if state is not None and storage is not None and \
-                storage.current_checkpoint_index < state.checkpoint_index:
-            storage.current_checkpoint_index = state.checkpoint_index
-
     def _journal_result(self, trial: Any, result: dict[str, Any], decision: str,
                         rung: tuple[float, float] | None) -> None:
         tid = self.ledger.tid(trial.trial_id)
@@ -156,7 +147,9 @@ class _JournalingScheduler:
                                             "diverged_loss", "diverged_message")}
         else:
             fields["metrics"] = _metrics_of(result)
-            fields["ckpt"] = result.get("checkpoint_dir_name")
+            fields["ckpt"] = result.get("ckpt") or result.get("checkpoint_dir_name")
+            if result.get("fit_ends"):
+                fields["fit_ends"] = True
         if rung is not None:
             fields["rung"] = list(rung)
         self.ledger.record("result", **fields)
@@ -179,11 +172,9 @@ class JournaledFIFO(_JournalingScheduler, FIFOScheduler):
         super().__init__()
         self.ledger = ledger
 
-    def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
-        self._continue_numbering(trial)
-        super().on_trial_add(tune_controller, trial)
-
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        if result.get(REPEAT_KEY):  # an epoch already journaled, sent again to end a retry
+            return TrialScheduler.CONTINUE
         action = TrialScheduler.STOP if result.get("diverged") else TrialScheduler.CONTINUE
         self._journal_result(trial, result, "stop" if action == TrialScheduler.STOP
                              else "continue", None)
@@ -201,10 +192,6 @@ class JournaledASHA(_JournalingScheduler, AsyncHyperBandScheduler):
     def __init__(self, ledger: Ledger, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.ledger = ledger
-
-    def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
-        self._continue_numbering(trial)
-        super().on_trial_add(tune_controller, trial)
 
     # -- state ----------------------------------------------------------------------
     def rung_records(self) -> dict[float, dict[str, float]]:
@@ -257,6 +244,8 @@ class JournaledASHA(_JournalingScheduler, AsyncHyperBandScheduler):
         return action, rung
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        if result.get(REPEAT_KEY):  # an epoch already journaled, sent again to end a retry
+            return TrialScheduler.CONTINUE
         tid = self.ledger.tid(trial.trial_id)
         usable = self._time_attr in result and self._metric in result and \
             _finite(result.get(self._metric))
@@ -335,20 +324,15 @@ def record_end(ledger: Ledger, trial: TrialState, *, error: bool,
     return record
 
 
-def closable_at_resume(trial: TrialState, max_epochs: int,
-                       fit_finished_at: int | None = None) -> bool:
+def closable_at_resume(trial: TrialState, max_epochs: int) -> bool:
     """An unfinished trial whose end was decided but not journaled (the driver died in
-    between): its last journaled report made the scheduler stop it, it diverged, or its
-    fit() had already returned (`fit_finished_at`: the epochs_run of the trial's
-    final.json, None without one) after the last journaled epoch — early stopping ended
-    it and only Ray's completion event was lost. Such a trial is closed without running
-    it again (a re-run would train nothing and report nothing)."""
+    between): its last journaled report made the scheduler stop it, it diverged, or that
+    report was its fit()'s last epoch (`fit_ends`: the epoch budget spent or early
+    stopping). Such a trial is closed without running it again: a re-run would train
+    nothing and report nothing."""
     if trial.ended:
         return False
-    if trial.diverged:
-        return True
-    if fit_finished_at is not None and trial.epochs_run > 0 \
-            and fit_finished_at == trial.epochs_run:
+    if trial.diverged or trial.fit_ends:
         return True
     return bool(trial.decisions) and trial.decisions[-1][1] == "stop"
 

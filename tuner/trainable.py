@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import re
 import shutil
 import tempfile
@@ -31,9 +32,14 @@ from timesclip.data import DataBundle
 from timesclip.errors import NonFiniteLossError
 from timesclip.model import Backbone, load_backbone
 from timesclip.train import FitResult, feature_key, fit
-from tuner.journal import FINAL_FILE, TRAIN_CONFIG_FILE
+from tuner.journal import FINAL_FILE, REPEAT_KEY, TRAIN_CONFIG_FILE
 
 TID_KEY = "trial_id"  # same as tuner.tracking.TID_KEY (kept here: no driver imports)
+#: The result key naming the checkpoint folder of a reported epoch (journaled as `ckpt`).
+CKPT_KEY = "ckpt"
+CHECKPOINT_PREFIX = "checkpoint_"
+#: fit()'s working checkpoint folder inside the trial folder (removed when the trial ends).
+WORK_PREFIX = ".fit-"
 
 #: The last backbone this worker process loaded. Workers are reused between trials
 #: (reuse_actors), and reloading CLIP from disk for every trial is wasted set-up; sharing is
@@ -93,9 +99,8 @@ def _resume_checkpoint(tid: str | None, setup: dict[str, Any], work: Path) -> Pa
     """Where to continue from: the last checkpoint the journal recorded for this trial.
 
     That covers a trial continued by a later driver and a retry after a lost worker in this
-    driver run alike. (Ray's own checkpoint of a retried trial is the last one Ray
-    registered, which can be an epoch older than the journal's: the journal line comes
-    first.) Without a journal entry: Ray's checkpoint, if any."""
+    driver run alike (trials publish their checkpoints themselves, see publish_checkpoint;
+    Ray holds none). Without a journal entry (a bare Tune run): Ray's checkpoint, if any."""
     path = journal_checkpoint(setup, tid)
     checkpoint = tune.Checkpoint(path) if path else tune.get_checkpoint()
     if checkpoint is None:
@@ -158,12 +163,25 @@ def train_trial(trial_params: dict[str, Any], *, data: DataBundle,
     if features is not None and not shared:
         features = None
 
-    work = Path(tempfile.mkdtemp(prefix="timesclip-trial-"))
+    # fit()'s working checkpoint folder sits in the trial folder, on the same filesystem
+    # as the per-epoch checkpoints, so publishing an epoch is a hard link, not a copy
+    for stale in trial_dir.glob(f"{WORK_PREFIX}*"):  # left by a killed earlier run
+        shutil.rmtree(stale, ignore_errors=True)
+    work = Path(tempfile.mkdtemp(prefix=WORK_PREFIX, dir=trial_dir))
     try:
         resume_from = _resume_checkpoint(tid, setup, work)
-        held: list[tuple[dict[str, float], str | None]] = []
+        held: list[tuple[int, dict[str, float], str | None]] = []
         last: dict[str, float] = {}
         node = _node_id()
+
+        sent: list[int] = []
+
+        def send(epoch: int, metrics: dict[str, float], checkpoint_dir: str | None) -> None:
+            sent.append(epoch)
+            if checkpoint_dir:
+                metrics = {**metrics, CKPT_KEY: publish_checkpoint(Path(checkpoint_dir),
+                                                                   trial_dir, epoch)}
+            tune.report(metrics)
 
         def report(epoch: int, metrics: dict[str, float], checkpoint_dir: str | None) -> None:
             metrics = {**metrics, "node_id": node}
@@ -172,10 +190,9 @@ def train_trial(trial_params: dict[str, Any], *, data: DataBundle,
             if epoch >= config.epochs:
                 # ASHA stops a trial at the report that reaches max_t, before fit() returns;
                 # hold the last epoch back so final.json is written first.
-                held.append((metrics, checkpoint_dir))
+                held.append((epoch, metrics, checkpoint_dir))
                 return
-            ck = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-            tune.report(metrics, checkpoint=ck)
+            send(epoch, metrics, checkpoint_dir)
 
         try:
             result = fit(config, data, report=report, checkpoint_dir=work / "ckpt",
@@ -191,11 +208,44 @@ def train_trial(trial_params: dict[str, Any], *, data: DataBundle,
                          "diverged_message": str(exc)})
             return
         _write_final(trial_dir / FINAL_FILE, result, config, trial_params)
-        for metrics, checkpoint_dir in held:
-            ck = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-            tune.report(metrics, checkpoint=ck)
+        for epoch, metrics, checkpoint_dir in held:
+            send(epoch, metrics, checkpoint_dir)
+        if not sent and result.history:
+            # A retry of a trial whose last epoch was already journaled (its worker was
+            # lost after that report): fit() had nothing left to train. Ray needs one
+            # result to close the trial; the schedulers ignore a repeat.
+            tune.report({**result.history[-1], "node_id": node, REPEAT_KEY: True})
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def publish_checkpoint(source: Path, trial_dir: Path, epoch: int, keep: int = 3) -> str:
+    """Publish fit()'s checkpoint files of `epoch` as `trial_dir/checkpoint_<epoch>`; returns
+    that folder's name (the result's `ckpt`, which the journal records).
+
+    The files are hard-linked: fit() replaces its files atomically (a new inode per save),
+    so a published folder never changes afterwards, and an unchanged best.pt is shared by
+    consecutive epochs. (A copy where links are not possible.) This replaces Ray's
+    checkpoint persistence, which copied every file again on each report; resume and
+    retries read the journal's checkpoint, never Ray's. Only the newest `keep` folders
+    stay while the trial runs: the driver journals a result before the trial's next
+    report returns, so the folder the journal names is always among them."""
+    name = f"{CHECKPOINT_PREFIX}{epoch:06d}"
+    dest = trial_dir / name
+    if dest.exists():  # the same epoch trained again after its result was lost
+        shutil.rmtree(dest)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=trial_dir))
+    for path in source.iterdir():
+        if path.is_file() and not path.name.endswith(".tmp"):
+            try:
+                os.link(path, tmp / path.name)
+            except OSError:  # a filesystem without hard links
+                shutil.copy2(path, tmp / path.name)
+    tmp.replace(dest)
+    for old in sorted(trial_dir.glob(f"{CHECKPOINT_PREFIX}*"))[:-keep]:
+        if old.is_dir() and old.name < name:
+            shutil.rmtree(old, ignore_errors=True)
+    return name
 
 
 def trial_hparams(trial_params: dict[str, Any], setup: dict[str, Any]) -> dict[str, Any]:
