@@ -11,6 +11,7 @@ between many runs) and never inside the training step.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import random
@@ -23,7 +24,7 @@ from typing import Any, TextIO
 import numpy as np
 import torch
 from torch import nn
-from transformers import CLIPVisionModel
+from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from timesclip.config import TrainConfig
 from timesclip.data import DataBundle, Scaler
@@ -159,8 +160,14 @@ def vision_tower_size(backbone: Backbone) -> int:
     if backbone.vision is not None:
         return sum(p.numel() for p in backbone.vision.parameters())
     assert backbone.vision_config is not None
+    return _meta_tower_size(backbone.vision_config.to_json_string())
+
+
+@functools.lru_cache(maxsize=8)
+def _meta_tower_size(config_json: str) -> int:
+    """Building even a meta-device tower costs ~10 ms; a search's trials share one config."""
     with torch.device("meta"):
-        tower = CLIPVisionModel(backbone.vision_config)
+        tower = CLIPVisionModel(CLIPVisionConfig.from_dict(json.loads(config_json)))
     return sum(p.numel() for p in tower.parameters())
 
 
