@@ -373,6 +373,19 @@ class _ResumingMixin:
     def _on_replay(self, ray_id: str, replay: Replay) -> None:
         pass
 
+    def _record_end(self, trial_id: str, result: dict | None, error: bool
+                    ) -> tuple[TrialState, dict[str, Any]] | None:
+        """Journal the end of a trial Ray reports complete, unless it is no end: a trial
+        removed without a result, or one cut short by SIGINT/SIGTERM (--resume continues
+        it). Returns (trial, end record) or None."""
+        trial = self.ledger.trial(trial_id)
+        if trial is None or (result is None and not error) or \
+                (self.ledger.interrupt_signal is not None and not error and
+                 not _ended_on_its_own(trial, result)):
+            return None
+        return trial, record_end(self.ledger, trial, error=error,
+                                 error_text=self.ledger.errors.get(trial_id, ""))
+
     def _create(self, ray_id: str, params: dict[str, Any], **fields: Any) -> dict[str, Any]:
         index = self.ledger.state.next_index
         tid = trial_id_for(index)
@@ -447,13 +460,10 @@ class JournaledOptunaSearch(_ResumingMixin, OptunaSearch):
                           error: bool = False) -> None:
         if trial_id in self._completed_trials:
             return
-        trial = self.ledger.trial(trial_id)
-        if trial is None or (result is None and not error) or \
-                (self.ledger.interrupt_signal is not None and not error and
-                 not _ended_on_its_own(trial, result)):
-            return  # removed or interrupted: not an end; --resume continues it
-        end = record_end(self.ledger, trial, error=error,
-                         error_text=self.ledger.errors.get(trial_id, ""))
+        ended = self._record_end(trial_id, result, error)
+        if ended is None:
+            return
+        trial, end = ended
         self._completed_trials.add(trial_id)
         ot_trial = self._ot_trials.get(trial_id)
         if ot_trial is None:
@@ -518,14 +528,8 @@ class FixedTrialsSearcher(_ResumingMixin, Searcher):
                           error: bool = False) -> None:
         if trial_id in self._done:
             return
-        trial = self.ledger.trial(trial_id)
-        if trial is None or (result is None and not error) or \
-                (self.ledger.interrupt_signal is not None and not error and
-                 not _ended_on_its_own(trial, result)):
-            return
-        record_end(self.ledger, trial, error=error,
-                   error_text=self.ledger.errors.get(trial_id, ""))
-        self._done.add(trial_id)
+        if self._record_end(trial_id, result, error) is not None:
+            self._done.add(trial_id)
 
 
 # ----------------------------------------------------------------------------- Optuna study
