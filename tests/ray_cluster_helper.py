@@ -26,11 +26,20 @@ def start(temp_dir: Path, env: dict[str, str], nodes: int = 2
     """Run this file as a subprocess; returns (process, {"address", "head", "worker",
     "pids"}). Its stdin takes the commands; end it with `stop`."""
     temp_dir.mkdir(parents=True, exist_ok=True)
-    helper = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), str(temp_dir),
-                               "--nodes", str(nodes)], env=env, stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                              start_new_session=True)
-    return helper, json.loads(helper.stdout.readline())
+    if env.get("RAY_TMPDIR"):  # Ray writes its address file into RAY_TMPDIR/ray
+        (Path(env["RAY_TMPDIR"]) / "ray").mkdir(parents=True, exist_ok=True)
+    log = temp_dir / "helper.log"
+    with log.open("w") as err:
+        helper = subprocess.Popen([sys.executable, str(Path(__file__).resolve()),
+                                   str(temp_dir), "--nodes", str(nodes)], env=env,
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
+                                  text=True, start_new_session=True)
+    line = helper.stdout.readline()
+    if not line:
+        helper.wait(timeout=30)
+        raise RuntimeError(f"the test cluster did not start (exit {helper.returncode}); "
+                           f"its log {log} ends:\n{log.read_text()[-2000:]}")
+    return helper, json.loads(line)
 
 
 def stop(helper: subprocess.Popen, info: dict) -> None:

@@ -87,7 +87,7 @@ def test_same_inputs_hit_and_return_identical_tensors(config, bundle, tmp_path):
 
 
 @pytest.mark.parametrize("change", ["bands", "image_size", "input_steps", "line_width",
-                                    "split_seed"])
+                                    "split_seed", "precision"])
 def test_a_changed_input_misses(change, config, bundle, small_csvs, tmp_path):
     compute = Counter(config, bundle)
     load_or_compute(config, bundle, cache_dir=tmp_path, compute=compute)
@@ -95,7 +95,8 @@ def test_a_changed_input_misses(change, config, bundle, small_csvs, tmp_path):
              "image_size": config.replace(image_size=96),
              "input_steps": config.replace(input_steps=10),
              "line_width": config.replace(line_width=3.0),
-             "split_seed": config.replace(split_seed=7)}[change]
+             "split_seed": config.replace(split_seed=7),
+             "precision": config.replace(precision="bf16")}[change]
     other_data = load_bundle(other, small_csvs)
     other_compute = Counter(other, other_data)
     features, hit = load_or_compute(other, other_data, cache_dir=tmp_path, compute=other_compute)

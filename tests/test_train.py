@@ -320,3 +320,23 @@ def test_each_ablation_arm_beats_the_training_mean(learn_data, arm):
                  evaluate_test=False)
     mean_rmse = float(np.sqrt(np.mean((bundle.val.y_raw - bundle.train.y_raw.mean()) ** 2)))
     assert result.val["rmse"] < 0.92 * mean_rmse, (result.val["rmse"], mean_rmse)
+
+
+def test_bf16_autocast_runs_changes_the_features_and_says_it_is_slow_on_cpu(
+        small_bundle, tiny_config):
+    """precision bf16 runs the CLIP towers under autocast: the frozen features differ from
+    fp32 (bf16 rounding) but stay close, training runs, and on a CPU the run says that
+    fp32 is the better choice there."""
+    from timesclip.train import compute_features
+
+    fp32 = compute_features(tiny_config, small_bundle, progress=None)
+    bf16 = compute_features(tiny_config.replace(precision="bf16"), small_bundle, progress=None)
+    assert not torch.equal(fp32["val"], bf16["val"])
+    assert torch.allclose(fp32["val"], bf16["val"].float(), atol=0.1)
+    lines: list[str] = []
+    result = fit(tiny_config.replace(precision="bf16", epochs=1), small_bundle, log=lines.append)
+    assert math.isfinite(result.val["rmse"])
+    assert any("precision bf16 on a CPU" in line for line in lines)
+    lines.clear()
+    fit(tiny_config.replace(epochs=1), small_bundle, log=lines.append)
+    assert not any("bf16" in line for line in lines)

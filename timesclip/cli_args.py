@@ -111,6 +111,10 @@ FIELD_HELP: dict[str, str] = {
     "grad_clip": "maximum gradient norm; 0 disables clipping",
     "seed": "random seed of initialisation, dropout and shuffling",
     "device": "auto (CUDA if present), cpu, cuda or cuda:N",
+    "precision": "fp32 or bf16: bf16 runs the CLIP towers under autocast, for GPUs (on a "
+                 "CPU without bf16 units it is many times slower)",
+    "threads": "torch CPU threads; 0: torch's default (a search records each trial's CPU "
+               "count here so a re-run uses the same)",
 }
 
 #: How a default of None reads in --help; fields absent here show no default.

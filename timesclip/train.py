@@ -289,6 +289,11 @@ def fit(config: TrainConfig, data: DataBundle, *, report: ReportFn | None = None
     apply_threads(config)
     seed_everything(config.seed)
     device = resolve_device(config.device)
+    if log and config.precision == "bf16" and device.type == "cpu":
+        # measured (benchmarks/real_size.py, a 2-core CPU without bf16 units): bf16
+        # autocast made the ViT-B/16 pass 5.6x and a CLIP-Text epoch ~80x slower
+        log("note: precision bf16 on a CPU: without bf16 hardware autocast is far slower "
+            "than fp32 (it is meant for GPUs); use --precision fp32 here")
     if backbone is None:
         # The vision tower is only needed to compute features; handed-in features skip it.
         backbone = load_backbone(config.backbone,
