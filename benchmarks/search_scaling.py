@@ -88,7 +88,7 @@ def main() -> int:
     cluster_env = {**env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token,
                    "RAY_TMPDIR": str(root)}
     for nodes in (1, 2):
-        helper, info = ray_cluster_helper.start(root / f"cluster-{nodes}" / "ray",
+        helper, info = ray_cluster_helper.start(root / f"ray-{nodes}-node" / "ray",
                                                 cluster_env, nodes)
         try:
             results[f"cluster, {nodes} node(s)"] = search(
