@@ -62,8 +62,9 @@ def run_search(storage: Path, name: str, args: argparse.Namespace, *extra: str,
 
 
 def events(exp: Path) -> list[dict]:
-    return [json.loads(line) for line in (exp / "journal.jsonl").read_text().splitlines()
-            if line.strip()]
+    from tuner.journal import JOURNAL_FILE, read_events  # tolerates a torn last line
+
+    return read_events(exp / JOURNAL_FILE)
 
 
 def epochs_trained_twice(exp: Path) -> int:

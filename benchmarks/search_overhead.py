@@ -1,7 +1,7 @@
 """Fixed costs of a search: time to the first epoch, and what each trial pays besides training.
 
     python benchmarks/search_overhead.py [--num-trials 8] [--epochs 6] [--space quick]
-                                         [--baseline-checkout DIR] [--repeats 1]
+                                         [--baseline-checkout DIR] [--keep DIR]
 
 One run measures, on the same machine and in the same minutes:
 

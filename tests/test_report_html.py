@@ -289,6 +289,16 @@ def test_page_attention_and_predictions_come_from_the_stored_files(page, small_b
     assert "best_attention.csv" in html
 
 
+def test_an_unreadable_predictions_file_is_a_note_and_keeps_the_attention(
+        page_exp, small_bundle, tmp_path):
+    exp = _copy(page_exp, tmp_path / "bad-predictions")
+    (exp / "best_test_predictions.csv").write_text("row,year\nnot,numbers\n")
+    html = build_report(exp, data_bundle=small_bundle, echo=lambda _: None
+                        ).index_html.read_text()
+    assert "best_test_predictions.csv is unreadable" in html
+    assert "predicted_vs_actual.png" not in html and "attention.png" in html
+
+
 def test_page_never_rescores_the_test_split(page_exp, small_bundle, tmp_path, monkeypatch):
     """The report reads the stored predictions; loading a model would be a re-score."""
     import timesclip.plots

@@ -226,8 +226,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         x_raw, y_raw, source = part.x_raw, part.y_raw, bundle.description
         years = part.years
     # stdout is the JSON result: progress of a long vision pass goes to stderr
-    metrics = evaluate_arrays(model, config, scaler, backbone, x_raw, y_raw,
-                              image_batch=args.image_batch, progress_file=sys.stderr)
+    if args.plots:
+        # one pass gives the metrics and the figures' predictions and attention alike
+        from timesclip.metrics import regression_metrics
+        from timesclip.plots import predict_with_attention
+
+        y_pred, attention = predict_with_attention(model, config, scaler, backbone, x_raw,
+                                                   image_batch=args.image_batch,
+                                                   progress_file=sys.stderr)
+        metrics = regression_metrics(y_raw, y_pred)
+    else:
+        metrics = evaluate_arrays(model, config, scaler, backbone, x_raw, y_raw,
+                                  image_batch=args.image_batch, progress_file=sys.stderr)
     result = {"subset": subset, "n": int(len(y_raw)), "data": source,
               "backbone": config.backbone, **metrics}
     text = json.dumps(result, indent=2)
@@ -235,11 +245,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         Path(args.json).write_text(text + "\n")
     _print(text)
     if args.plots:
-        _write_plots(Path(args.plots), model, config, scaler, backbone, bands, x_raw, y_raw,
-                     years, caption=_plots_caption(
-                         ", ".join(Path(f).name for f in args.data) if args.data else source,
-                         config.backbone, not args.data),
-                     subset=subset)
+        caption = _plots_caption(
+            ", ".join(Path(f).name for f in args.data) if args.data else source,
+            config.backbone, not args.data)
+        _write_plots(Path(args.plots), bands, y_raw, y_pred, attention, years,
+                     caption=caption, subset=subset)
     return 0
 
 
@@ -249,20 +259,13 @@ def _plots_caption(source: str, backbone: str, synthetic: bool) -> str:
     return f"{'SYNTHETIC data' if synthetic else 'data'}: {source} · backbone {backbone}{toy}"
 
 
-def _write_plots(out: Path, model: Any, config: Any, scaler: Any, backbone: Any,
-                 bands: Sequence[str], x_raw: Any, y_raw: Any, years: Any, *, caption: str,
-                 subset: str) -> None:
+def _write_plots(out: Path, bands: Sequence[str], y_raw: Any, y_pred: Any, attention: Any,
+                 years: Any, *, caption: str, subset: str) -> None:
     """evaluate --plots: predictions and attention of the scored rows, as CSV and PNG."""
-    from timesclip.plots import (
-        attention_frame,
-        predict_with_attention,
-        predictions_frame,
-        write_evaluation_plots,
-    )
+    from timesclip.plots import attention_frame, predictions_frame, write_evaluation_plots
 
     if out.exists() and not out.is_dir():
         raise UserError(f"--plots {out} exists and is not a directory; choose another")
-    y_pred, attention = predict_with_attention(model, config, scaler, backbone, x_raw)
     frame = predictions_frame(y_raw, y_pred, years)
     matrix = None if attention is None else attention_frame(attention, bands)
     try:

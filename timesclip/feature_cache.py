@@ -350,7 +350,7 @@ def load_or_compute(config: TrainConfig, data: DataBundle, *,
 
             return compute_features(config, data, log=log)
 
-    directory = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    directory = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

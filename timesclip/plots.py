@@ -17,6 +17,7 @@ from __future__ import annotations
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 import pandas as pd
@@ -43,7 +44,9 @@ ROW_SUM_TOLERANCE = 1e-4
 def predict_with_attention(model: TimesCLIP, config: TrainConfig, scaler: Scaler,
                            backbone: Backbone, x_raw: np.ndarray, *, batch_size: int = 256,
                            features: torch.Tensor | None = None,
-                           progress: str | None = "vision features (evaluate)"
+                           image_batch: int | None = None,
+                           progress: str | None = "vision features (evaluate)",
+                           progress_file: TextIO | None = None
                            ) -> tuple[np.ndarray, np.ndarray | None]:
     """Predictions [N] in the target's own units and the variate-selection attention [V, V]
     averaged over the N samples (None when the model has no variate selection).
@@ -61,11 +64,12 @@ def predict_with_attention(model: TimesCLIP, config: TrainConfig, scaler: Scaler
     elif config.use_vision:
         assert backbone.vision is not None, "use_vision needs the backbone's vision tower"
         n_images = int(x_raw.shape[0]) * int(x_raw.shape[2])
-        with progress_bar(n_images, progress, unit="img", delay=QUIET_SECONDS) as bar:
+        with progress_bar(n_images, progress, unit="img", file=progress_file,
+                          delay=QUIET_SECONDS) as bar:
             feats = compute_vision_features(
                 x_raw, backbone.vision, image_size=config.image_size or backbone.image_size,
-                line_width=config.line_width, device=device, progress=bar.update,
-                precision=config.precision).to(device)  # [N, V, Hv]
+                line_width=config.line_width, image_batch=image_batch, device=device,
+                progress=bar.update, precision=config.precision).to(device)  # [N, V, Hv]
     x = torch.as_tensor(scaler.transform_x(x_raw), device=device)  # [N, T, V]
     model.eval()
     preds: list[torch.Tensor] = []

@@ -401,6 +401,7 @@ def fit(config: TrainConfig, data: DataBundle, *, report: ReportFn | None = None
                                   seconds, improved)
             if log:
                 log(_epoch_line(metrics, config.epochs, improved))
+            stop_early = bad_epochs >= config.patience
             if report is not None:
                 # beside the CONTRACT names: the epoch's compute time and the model size,
                 # so a trial stopped early still has both in the search's records
@@ -409,11 +410,10 @@ def fit(config: TrainConfig, data: DataBundle, *, report: ReportFn | None = None
                 # completion can close it from this report rather than resume it
                 extra = {"epoch_seconds": epoch_seconds,
                          **{f"params_{k}": v for k, v in params.items()},
-                         "fit_ends": bool(bad_epochs >= config.patience
-                                          or epoch >= config.epochs)}
+                         "fit_ends": stop_early or epoch >= config.epochs}
                 report(epoch, {**metrics, **extra},
                        str(ckdir) if ckdir is not None else None)
-            if bad_epochs >= config.patience:
+            if stop_early:
                 stopped_early = True
                 if log:
                     log(f"early stopping: val_loss has not improved for {config.patience} "
@@ -626,32 +626,18 @@ def load_for_inference(checkpoint: str | Path, device: str = "auto"
 def evaluate_arrays(model: TimesCLIP, config: TrainConfig, scaler: Scaler, backbone: Backbone,
                     x_raw: np.ndarray, y_raw: np.ndarray, *, image_batch: int | None = None,
                     progress: str | None = "vision features (evaluate)",
-                    progress_file: TextIO | None = None,
-                    features: torch.Tensor | None = None) -> dict[str, float]:
-    """Score a trained model on raw windows [N, T, V] with the TRAINING scaler.
+                    progress_file: TextIO | None = None) -> dict[str, float]:
+    """Score a trained model on raw windows [N, T, V] with the TRAINING scaler: the metrics
+    of `timesclip.plots.predict_with_attention`'s predictions (one code path for both).
 
     The vision pass shows progress like `compute_features` (pass progress_file=sys.stderr
-    when stdout carries the result). `features` [N, V, Hv]: the frozen vision features of
-    exactly these windows when the caller has them (no vision pass then)."""
-    device = next(model.parameters()).device
-    feats = None
-    if config.use_vision and features is not None:
-        feats = features.to(device)
-    elif config.use_vision:
-        assert backbone.vision is not None
-        image_size = config.image_size or backbone.image_size
-        n_images = int(x_raw.shape[0]) * int(x_raw.shape[2])
-        with progress_bar(n_images, progress, unit="img", file=progress_file,
-                          delay=QUIET_SECONDS) as bar:
-            feats = compute_vision_features(x_raw, backbone.vision, image_size=image_size,
-                                            line_width=config.line_width,
-                                            image_batch=image_batch, device=device,
-                                            progress=bar.update,
-                                            precision=config.precision)  # [N, V, Hv]
-        feats = feats.to(device)
-    x = torch.as_tensor(scaler.transform_x(x_raw), device=device)
-    pred, _ = predict(model, x, feats, batch_size=256)
-    return score(pred, y_raw, scaler)
+    when stdout carries the result)."""
+    from timesclip.plots import predict_with_attention
+
+    y_pred, _ = predict_with_attention(model, config, scaler, backbone, x_raw,
+                                       image_batch=image_batch, progress=progress,
+                                       progress_file=progress_file)
+    return regression_metrics(y_raw, y_pred)
 
 
 __all__ = ["EPOCH_METRICS", "FitResult", "compute_features", "evaluate_arrays", "feature_key",

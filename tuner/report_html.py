@@ -462,19 +462,16 @@ def _test_sections(experiment_dir: Path, best: dict[str, Any] | None,
                 f"{best['trial_id']}: its predictions are not shown.")
         return [Section("predictions", titles[0], note=note)]
     tid = best["trial_id"]
-    out = []
-    pred_name = best_test.get("predictions")
-    if not pred_name or not (experiment_dir / str(pred_name)).is_file():
-        out.append(Section("predictions", titles[0], note=(
-            "No per-sample test predictions were stored with best_test.json (an experiment "
-            "scored by an older version); the test metrics above still hold.")))
+    out: list[Section] = []
+    frame, missing = _stored(experiment_dir, best_test.get("predictions"), read_predictions,
+                             "predictions", titles[0],
+                             "No per-sample test predictions were stored with "
+                             "best_test.json (an experiment scored by an older version); "
+                             "the test metrics above still hold.")
+    if missing is not None:
+        out.append(missing)
     else:
-        path = experiment_dir / str(pred_name)
-        try:
-            frame = read_predictions(path)
-        except (OSError, ValueError) as exc:
-            return [Section("predictions", titles[0], note=f"{path.name} is unreadable: "
-                            f"{_short(exc)}")]
+        name = best_test["predictions"]
         years = sorted(int(y) for y in frame["year"].unique())
         by_year = (f" Right: residuals per year ({', '.join(map(str, years))})."
                    if len(years) > 1 else f" The test split holds one year ({years[0]}): "
@@ -482,35 +479,44 @@ def _test_sections(experiment_dir: Path, best: dict[str, Any] | None,
         out.append(figure(
             "predicted_vs_actual", titles[0],
             f"Exported configuration (trial {tid}) on the {len(frame)} test samples, scored "
-            f"once when the search finished ({path.name}).{by_year}",
+            f"once when the search finished ({Path(name).name}).{by_year}",
             lambda: plot_predicted_vs_actual(frame, caption=where,
                                              title=f"Trial {tid} on the test split")))
-    att_name = best_test.get("attention")
     if best_test.get("use_variate_selection") is False:
         out.append(Section("attention", titles[1], note=(
             "The exported configuration has no variate selection (use_variate_selection: "
             "false): there is no band-to-band attention to show.")))
-    elif not att_name or not (experiment_dir / str(att_name)).is_file():
-        out.append(Section("attention", titles[1], note=(
-            "No attention matrix was stored with best_test.json (an experiment scored by an "
-            "older version).")))
+        return out
+    matrix, missing = _stored(experiment_dir, best_test.get("attention"), read_attention,
+                              "attention", titles[1],
+                              "No attention matrix was stored with best_test.json (an "
+                              "experiment scored by an older version).")
+    if missing is not None:
+        out.append(missing)
     else:
-        path = experiment_dir / str(att_name)
-        try:
-            matrix = read_attention(path)
-        except (OSError, ValueError) as exc:
-            out.append(Section("attention", titles[1], note=f"{path.name} is unreadable: "
-                               f"{_short(exc)}"))
-            return out
+        name = best_test["attention"]
         out.append(figure(
             "attention", titles[1],
             f"Band-to-band attention of the exported model's variate selection (trial {tid}),"
-            f" averaged over the test split ({path.name}); row = attending band, each row "
-            "sums to 1.",
+            f" averaged over the test split ({Path(name).name}); row = attending band, each "
+            "row sums to 1.",
             lambda: plot_attention(matrix, caption=where,
                                    title=f"Variate-selection attention, trial {tid}, mean "
                                          "over the test split")))
     return out
+
+
+def _stored(experiment_dir: Path, name: Any, reader: Callable[[Path], Any], key: str,
+            title: str, absent: str) -> tuple[Any, Section | None]:
+    """(what `reader` reads from a file named in best_test.json, None), or (None, a note
+    saying the file is absent or unreadable): one missing figure never hides another."""
+    path = experiment_dir / str(name) if name else None
+    if path is None or not path.is_file():
+        return None, Section(key, title, note=absent)
+    try:
+        return reader(path), None
+    except (OSError, ValueError) as exc:
+        return None, Section(key, title, note=f"{path.name} is unreadable: {_short(exc)}")
 
 
 def _ablation_sections(ablation: pd.DataFrame | None, figure: FigureFn, where: str

@@ -147,7 +147,7 @@ class _JournalingScheduler:
                                             "diverged_loss", "diverged_message")}
         else:
             fields["metrics"] = _metrics_of(result)
-            fields["ckpt"] = result.get("ckpt") or result.get("checkpoint_dir_name")
+            fields["ckpt"] = result.get("ckpt")
             if result.get("fit_ends"):
                 fields["fit_ends"] = True
         if rung is not None:

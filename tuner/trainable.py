@@ -15,7 +15,6 @@ never retries it and the sampler learns from it.
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import re
@@ -95,19 +94,6 @@ def resolve_trial_config(trial_params: dict[str, Any], setup: dict[str, Any]) ->
     return config.replace(epochs=int(setup["max_epochs"]))
 
 
-def _resume_checkpoint(tid: str | None, setup: dict[str, Any], work: Path) -> Path | None:
-    """Where to continue from: the last checkpoint the journal recorded for this trial.
-
-    That covers a trial continued by a later driver and a retry after a lost worker in this
-    driver run alike (trials publish their checkpoints themselves, see publish_checkpoint;
-    Ray holds none). Without a journal entry (a bare Tune run): Ray's checkpoint, if any."""
-    path = journal_checkpoint(setup, tid)
-    checkpoint = tune.Checkpoint(path) if path else tune.get_checkpoint()
-    if checkpoint is None:
-        return None
-    return Path(checkpoint.to_directory(str(work / "restore")))
-
-
 def _trial_folder(tid: str | None, trial_params: dict[str, Any], setup: dict[str, Any]
                   ) -> Path:
     """The trial's folder on the experiment storage, written directly: the storage is a
@@ -147,8 +133,6 @@ def train_trial(trial_params: dict[str, Any], *, data: DataBundle,
     if config.threads == 0:  # the trial's CPUs, recorded so a re-run uses them too
         config = config.replace(threads=max(1, int(setup.get("cpus_per_trial", 1))))
     tid = trial_params.get(TID_KEY)
-    # one "checkpoint created" INFO line per epoch per trial drowns the progress lines
-    logging.getLogger("ray.train").setLevel(logging.WARNING)
     trial_dir = _trial_folder(tid, trial_params, setup)
     trial_dir.mkdir(parents=True, exist_ok=True)
     config.to_yaml(trial_dir / TRAIN_CONFIG_FILE)
@@ -169,7 +153,9 @@ def train_trial(trial_params: dict[str, Any], *, data: DataBundle,
         shutil.rmtree(stale, ignore_errors=True)
     work = Path(tempfile.mkdtemp(prefix=WORK_PREFIX, dir=trial_dir))
     try:
-        resume_from = _resume_checkpoint(tid, setup, work)
+        # the last checkpoint the journal recorded: a trial continued by a later driver
+        # and a retry after a lost worker alike (Ray holds no checkpoints here)
+        resume_from = journal_checkpoint(setup, tid)
         held: list[tuple[int, dict[str, float], str | None]] = []
         last: dict[str, float] = {}
         node = _node_id()
@@ -187,9 +173,11 @@ def train_trial(trial_params: dict[str, Any], *, data: DataBundle,
             metrics = {**metrics, "node_id": node}
             last.clear()
             last.update(metrics)
-            if epoch >= config.epochs:
-                # ASHA stops a trial at the report that reaches max_t, before fit() returns;
-                # hold the last epoch back so final.json is written first.
+            if metrics.get("fit_ends"):
+                # The last epoch is held back until final.json is written: ASHA stops a
+                # trial at the report that reaches max_t, before fit() returns, and a
+                # driver that journals this report may close the trial at a resume
+                # without running it again.
                 held.append((epoch, metrics, checkpoint_dir))
                 return
             send(epoch, metrics, checkpoint_dir)
