@@ -63,6 +63,8 @@ def run_search(out: Path, name: str, args: argparse.Namespace, searcher: str,
            "--cpus-per-trial", "1", "--max-concurrent", str(args.max_concurrent)]
     if args.grace_period:
         cmd += ["--grace-period", str(args.grace_period)]
+    if args.reduction_factor:
+        cmd += ["--reduction-factor", str(args.reduction_factor)]
     if args.data:
         cmd += ["--data", *args.data]
     # a private feature cache, filled before the first strategy (see main): no strategy pays
@@ -123,6 +125,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true",
                    help="8 trials x 6 epochs on the small synthetic set (~10 min, 2 cores)")
     p.add_argument("--seeds", type=int, default=3, help="seeds per strategy (default 3)")
+    p.add_argument("--first-seed", type=int, default=0,
+                   help="seeds run are first-seed .. first-seed+seeds-1 (default 0); tune "
+                        "defaults on one range and report on another")
+    p.add_argument("--strategies", nargs="+", choices=list(STRATEGIES),
+                   default=list(STRATEGIES), metavar="S",
+                   help="which strategies to run (default all four: "
+                        + ", ".join(STRATEGIES) + "); the last line needs random+FIFO "
+                        "and TPE+ASHA")
     p.add_argument("--space", default="quick", help="search space (default quick)")
     p.add_argument("--num-samples", type=int, help="trials per search (default 24; "
                    "--quick 8)")
@@ -130,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
                    "stopped (default 12; --quick 6)")
     p.add_argument("--grace-period", type=int, help="ASHA grace period (default: the "
                    "space's)")
+    p.add_argument("--reduction-factor", type=float, help="ASHA reduction factor "
+                   "(default: the space's)")
     p.add_argument("--max-concurrent", type=int, default=2)
     p.add_argument("--num-cpus", type=int, default=2)
     p.add_argument("--data", nargs="+", metavar="CSV", help="CSV files (default: the "
@@ -143,16 +155,18 @@ def main(argv: list[str] | None = None) -> int:
     args.max_epochs = args.max_epochs or (6 if args.quick else 12)
     out = args.out or Path(tempfile.mkdtemp(prefix="search-efficiency-"))
     out.mkdir(parents=True, exist_ok=True)
-    print(f"{len(STRATEGIES)} strategies x {args.seeds} seeds, space {args.space}, "
+    print(f"{len(args.strategies)} strategies x {args.seeds} seeds, space {args.space}, "
           f"{args.num_samples} trials x <= {args.max_epochs} epochs, "
           f"{args.max_concurrent} concurrent; experiments in {out}", flush=True)
 
     warm = argparse.Namespace(**{**vars(args), "num_samples": 1, "max_epochs": 1,
-                                 "grace_period": None})
+                                 "grace_period": None,
+                                 "reduction_factor": None})
     run_search(out, "warm-feature-cache", warm, "random", "fifo", 0)
-    results: dict[str, list[dict]] = {s: [] for s in STRATEGIES}
-    for seed in range(args.seeds):
-        for strategy, (searcher, scheduler) in STRATEGIES.items():
+    results: dict[str, list[dict]] = {s: [] for s in args.strategies}
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
+        for strategy in args.strategies:
+            searcher, scheduler = STRATEGIES[strategy]
             name = f"{strategy.replace('+', '-').lower()}-s{seed}"
             res = run_search(out, name, args, searcher, scheduler, seed)
             results[strategy].append(res)
@@ -164,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     with open(out / "anytime.csv", "w") as fh:
         fh.write("strategy,seed,trial_epochs,best_val_rmse\n")
         for strategy, runs in results.items():
-            for seed, res in enumerate(runs):
+            for seed, res in enumerate(runs, start=args.first_seed):
                 for spent, best in res["curve"]:
                     fh.write(f"{strategy},{seed},{spent},{best!r}\n")
     rows = []
@@ -186,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
                                                       "best_val", "test")) + "\n")
     print(f"\nanytime curves: {out / 'anytime.csv'}; table: {out / 'summary.csv'}")
 
+    if not {"random+FIFO", "TPE+ASHA"} <= set(results):
+        return 0
     ratios, gaps = [], []
     for base, tuned in zip(results["random+FIFO"], results["TPE+ASHA"]):
         needed = epochs_to_reach(tuned["curve"], base["best_val"])
