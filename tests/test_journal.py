@@ -48,7 +48,7 @@ from tuner.tracking import (
     restore_sampler_state,
     sampler_state,
 )
-from tuner.trainable import publish_checkpoint, trial_dirname
+from tuner.trainable import journal_checkpoint, publish_checkpoint, trial_dirname
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -710,3 +710,30 @@ def test_a_repeated_epoch_is_neither_journaled_nor_ranked(tmp_path):
     driver.close()
     assert action == TrialScheduler.CONTINUE
     assert (len(read_events(tmp_path / JOURNAL_FILE)), driver.asha.rung_records()) == before
+
+
+def test_a_trial_resumes_from_the_checkpoint_its_journal_names(tmp_path):
+    """journal_checkpoint: a fresh trial folder needs no journal at all; a trial with
+    published checkpoints resumes from the one its last journaled epoch names (not the
+    newest on disk, which may be an epoch the driver never recorded); checkpoints without
+    a visible journal (storage not shared with this node) fail loudly instead of training
+    again from epoch 0."""
+    journal_path, root = tmp_path / JOURNAL_FILE, tmp_path / "trials"
+    setup = {"journal": str(journal_path), "trials_root": str(root)}
+    trial_dir = root / "t0000-lr0.001"
+    # no journal file and no checkpoints: a new trial, nothing to resume
+    assert journal_checkpoint(setup, "t0000", trial_dir) is None
+
+    journal = Journal(journal_path, 1)
+    journal.append("trial", tid="t0000", dir=trial_dir.name, params={})
+    journal.append("result", tid="t0000", epoch=1, ckpt="checkpoint_000001", metrics={})
+    journal.append("result", tid="t0001", epoch=1, ckpt="checkpoint_000009", metrics={})
+    journal.close()
+    for epoch in (1, 2):  # epoch 2 was published, but its result never reached the journal
+        (trial_dir / f"checkpoint_{epoch:06d}").mkdir(parents=True)
+    assert journal_checkpoint(setup, "t0000", trial_dir) == str(trial_dir / "checkpoint_000001")
+    assert journal_checkpoint(setup, "t0002", root / "t0002") is None
+
+    journal_path.unlink()
+    with pytest.raises(RuntimeError, match="not visible on this node.*every node mounts"):
+        journal_checkpoint(setup, "t0000", trial_dir)

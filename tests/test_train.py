@@ -145,6 +145,12 @@ def test_checkpoints_are_tensors_and_plain_data(small_bundle, tiny_config, tmp_p
     last = torch.load(tmp_path / "last.pt", weights_only=True)
     best = torch.load(tmp_path / "best.pt", weights_only=True)
     assert last["epoch"] == 2 and best["bands"] == small_bundle.bands
+    # epoch 2 is the best so far: its weights are stored once, shared by "model" and
+    # "best_state" (a checkpoint is written every epoch of every trial)
+    assert last["best_epoch"] == 2
+    assert all(last["model"][k].untyped_storage().data_ptr()
+               == last["best_state"][k].untyped_storage().data_ptr() for k in last["model"])
+    assert all(torch.equal(last["model"][k], best["model"][k]) for k in best["model"])
     rng = last["rng"]
     assert isinstance(rng["numpy"]["keys"], torch.Tensor) and rng["numpy"]["keys"].shape == (624,)
     assert isinstance(rng["python"]["state"], list) and len(rng["python"]["state"]) == 625

@@ -229,7 +229,8 @@ class TrainConfig:
         data: dict[str, Any] = self.to_dict()
         if provenance is not None:
             data["provenance"] = provenance
-        text = yaml.safe_dump(data, sort_keys=False)
+        # libyaml's emitter when present: same text, ~5x faster (every trial writes one)
+        text = yaml.dump(data, Dumper=_SAFE_DUMPER, sort_keys=False)
         if path is not None:
             _atomic_write(Path(path), text)
         return text
@@ -247,6 +248,9 @@ class TrainConfig:
             first = str(exc).splitlines()[0] if str(exc) else "invalid YAML"
             raise ConfigError(f"{path}: not valid YAML ({first})") from None
         return cls.from_dict(data, source=str(path))
+
+
+_SAFE_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
 def _coerce(name: str, value: Any, source: str) -> Any:

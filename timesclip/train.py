@@ -551,7 +551,10 @@ def _save_checkpoints(ckdir: Path, model: TimesCLIP, optimizer, scheduler, confi
             "backbone": config.backbone}
     plain_history = [{k: int(v) if k == "epoch" else float(v) for k, v in h.items()}
                      for h in history]
-    _atomic_save({**meta, "model": trainable_state(model), "optimizer": optimizer.state_dict(),
+    # at the best epoch the weights are best_state itself: the same tensors twice in one
+    # file are stored once (and not cloned again)
+    weights = best_state if best_epoch == epoch else trainable_state(model)
+    _atomic_save({**meta, "model": weights, "optimizer": optimizer.state_dict(),
                   "scheduler": scheduler.state_dict(), "epoch": int(epoch),
                   "best_val_loss": float(best_val), "best_epoch": int(best_epoch),
                   "bad_epochs": int(bad_epochs), "best_state": best_state,

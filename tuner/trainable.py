@@ -105,12 +105,26 @@ def _trial_folder(tid: str | None, trial_params: dict[str, Any], setup: dict[str
     return Path(tune.get_context().get_trial_dir())
 
 
-def journal_checkpoint(setup: dict[str, Any], tid: str | None) -> str | None:
+def journal_checkpoint(setup: dict[str, Any], tid: str | None, trial_dir: Path
+                       ) -> str | None:
     """The checkpoint directory of `tid`'s last journaled epoch (the journal is on the
-    experiment storage, which every node mounts), or None."""
+    experiment storage, which every node mounts), or None.
+
+    A trial folder without checkpoint folders has nothing to resume, whatever the journal
+    says (the journal only names folders the trial published), so a fresh trial starts
+    without reading the journal. A trial that has checkpoints but cannot see the journal
+    runs on a node that does not share the storage: it fails, naming the fix, rather than
+    silently training again from epoch 0."""
     journal, root = setup.get("journal"), setup.get("trials_root")
     if not journal or not root or tid is None:
         return None
+    if not any(trial_dir.glob(f"{CHECKPOINT_PREFIX}*")):
+        return None
+    if not Path(journal).is_file():
+        raise RuntimeError(
+            f"trial {tid} has checkpoints in {trial_dir} but the search journal {journal} "
+            "is not visible on this node: --storage must be a filesystem every node mounts "
+            "at the same path")
     from tuner.journal import read_events
 
     state_dir, ckpt = None, None
@@ -155,7 +169,7 @@ def train_trial(trial_params: dict[str, Any], *, data: DataBundle,
     try:
         # the last checkpoint the journal recorded: a trial continued by a later driver
         # and a retry after a lost worker alike (Ray holds no checkpoints here)
-        resume_from = journal_checkpoint(setup, tid)
+        resume_from = journal_checkpoint(setup, tid, trial_dir)
         held: list[tuple[int, dict[str, float], str | None]] = []
         last: dict[str, float] = {}
         node = _node_id()
