@@ -1,0 +1,76 @@
+"""benchmarks/asha_replay.py: Ray's ASHA replayed over recorded FIFO curves.
+
+The replay is what the quick space's reduction factor was chosen from, so its bookkeeping
+(which trial runs when, what ASHA stops, what is spent, when the FIFO best is reached) is
+checked on hand-made curves whose outcome can be worked out by hand.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "asha_replay.py"
+
+
+@pytest.fixture(scope="module")
+def replay_mod():
+    spec = importlib.util.spec_from_file_location("asha_replay", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def curve(*values: float) -> list[tuple[float, float]]:
+    return [(v, 1.0) for v in values]
+
+
+def test_a_slow_starter_is_stopped_at_the_first_rung(replay_mod):
+    """Two trials at a time, grace 1, factor 2, max_t 4 (rungs 1 and 2). Trial 2 looks worst
+    after one epoch though it would end best: ASHA stops it there, and the FIFO best (0.5)
+    is never reached; trials 0 and 1 run on."""
+    curves = [curve(2.0, 1.5, 1.2, 1.0),   # first at each rung: always continues
+              curve(1.8, 1.4, 1.1, 0.9),   # better than trial 0 at both rungs
+              curve(3.0, 1.0, 0.7, 0.5),   # the eventual best, worst after epoch 1
+              curve(1.9, 1.6, 1.5, 1.4)]
+    trace = replay_mod.replay(curves, grace=1, factor=2, max_t=4, concurrent=2, mode="min",
+                              metric="val_rmse")
+    spent, best = trace[-1]
+    assert best == pytest.approx(0.9) and best > 0.5
+    # 0 and 1 run to the end (8 epochs); 2 stopped after 1; 3 passes rung 1 (1.9 beats the
+    # median of 2.0, 1.8, 3.0) and is stopped at rung 2 (1.6 is the worst of 1.5, 1.4, 1.6)
+    assert spent == 4 + 4 + 1 + 2
+    # with the first rung after 2 epochs the slow starter survives and wins
+    late = replay_mod.replay(curves, grace=2, factor=2, max_t=4, concurrent=2, mode="min",
+                             metric="val_rmse")
+    assert late[-1][1] == pytest.approx(0.5)
+
+
+def test_rank_agreement_is_one_when_early_ranks_hold(replay_mod):
+    curves = [curve(3.0, 2.0), curve(2.0, 1.0), curve(1.0, 0.5)]
+    assert replay_mod.rank_agreement(curves, 2, "min") == pytest.approx([1.0, 1.0])
+    flipped = [curve(1.0, 1.0), curve(2.0, 0.1), curve(3.0, 0.05)]
+    assert replay_mod.rank_agreement(flipped, 1, "min")[0] == pytest.approx(-1.0)
+
+
+def test_only_searches_that_ran_every_trial_to_its_end_are_replayed(replay_mod, tmp_path):
+    """A search ASHA already pruned has truncated curves: replaying it would be wrong."""
+    def journal(folder: Path, stopped_by: str) -> Path:
+        folder.mkdir()
+        lines = [{"ev": "trial", "tid": "t0000"},
+                 {"ev": "result", "tid": "t0000", "epoch": 1,
+                  "metrics": {"val_rmse": 1.5, "epoch_seconds": 0.5}},
+                 {"ev": "result", "tid": "t0000", "epoch": 2, "diverged": True,
+                  "metrics": {"val_rmse": math.nan}},
+                 {"ev": "end", "tid": "t0000", "stopped_by": stopped_by}]
+        (folder / "journal.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+        return folder
+
+    assert replay_mod.read_curves(journal(tmp_path / "fifo", "completed"), "val_rmse") == \
+        [[(1.5, 0.5)]]
+    with pytest.raises(SystemExit, match="--scheduler fifo"):
+        replay_mod.read_curves(journal(tmp_path / "asha", "asha"), "val_rmse")
