@@ -82,7 +82,7 @@ def run_search(out: Path, name: str, args: argparse.Namespace, searcher: str,
 
 def summarize(exp: Path, wall: float) -> dict:
     """Trial-epochs, best value, exported test RMSE and the anytime curve, from the journal."""
-    from tuner.journal import read_events, replay, select_best
+    from tuner.journal import BEST_TEST_FILE, read_events, replay, select_best
 
     events = read_events(exp / "journal.jsonl")
     state = replay(events)
@@ -96,8 +96,8 @@ def summarize(exp: Path, wall: float) -> dict:
             best = min(best, value)
         curve.append((spent, best))
     chosen = select_best(state, "val_rmse", "min")
-    test = json.loads((exp / "best_test.json").read_text())["test"] \
-        if (exp / "best_test.json").exists() else {}
+    test = json.loads((exp / BEST_TEST_FILE).read_text())["test"] \
+        if (exp / BEST_TEST_FILE).exists() else {}
     return {"trial_epochs": spent, "wall": wall, "best_val": best, "curve": curve,
             "exported": chosen.tid if chosen else None, "test_rmse": test.get("rmse"),
             "stopped": sum(1 for t in state.trials.values() if t.stopped_by == "asha")}

@@ -1,8 +1,10 @@
 """Helpers shared by the end-to-end search tests: run the real CLI, watch its journal, and
-check that an experiment is consistent (the invariants a killed and resumed search keeps)."""
+check that an experiment is consistent (the invariants a killed and resumed search keeps);
+and loading a benchmark script as a module, for the tests of its own logic."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -16,6 +18,14 @@ from typing import Any
 import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def benchmark_module(name: str) -> Any:
+    """benchmarks/<name>.py imported as a module (the folder is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def env(**extra: str) -> dict[str, str]:

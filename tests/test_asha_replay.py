@@ -7,22 +7,17 @@ checked on hand-made curves whose outcome can be worked out by hand.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "asha_replay.py"
+from search_helpers import benchmark_module
 
 
 @pytest.fixture(scope="module")
 def replay_mod():
-    spec = importlib.util.spec_from_file_location("asha_replay", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_module("asha_replay")
 
 
 def curve(*values: float) -> list[tuple[float, float]]:

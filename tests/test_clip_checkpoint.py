@@ -6,25 +6,18 @@ loading path runs at toy size, the same code as at real size.
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
+from search_helpers import benchmark_module
 from transformers import CLIPConfig, CLIPModel
 
 from timesclip.model import load_backbone
 from timesclip.model.backbones import tiny_configs
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "clip_checkpoint.py"
-
 
 @pytest.fixture(scope="module")
 def helper():
-    spec = importlib.util.spec_from_file_location("clip_checkpoint", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_module("clip_checkpoint")
 
 
 def test_config_is_clip_vit_b16(helper):

@@ -289,19 +289,16 @@ def load_entry(path: str | Path, key: FeatureKey, expect: Mapping[str, tuple[int
 
     expect: {split: (rows, variates)}; the feature width must agree across splits.
     """
-    import safetensors.torch
     import torch
+    from safetensors import safe_open
 
     try:
-        raw = Path(path).read_bytes()
+        with safe_open(str(path), framework="pt") as entry:  # validates header and offsets
+            meta = entry.metadata() or {}
+            tensors = {name: entry.get_tensor(name) for name in entry.keys()}  # noqa: SIM118
     except OSError as exc:
         raise CacheEntryError(f"cannot read it ({exc.strerror or exc})") from None
-    try:
-        # the safetensors header: u64 little-endian length, then JSON with __metadata__
-        size = int.from_bytes(raw[:8], "little")
-        meta = json.loads(raw[8:8 + size]).get("__metadata__") or {}
-        tensors = safetensors.torch.load(raw)  # validates offsets: truncation fails here
-    except Exception as exc:  # SafetensorError, JSON errors, short files alike
+    except Exception as exc:  # SafetensorError, short or garbled files alike
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CacheEntryError(f"not a valid safetensors file ({reason[:120]})") from None
     if meta.get("format") != FORMAT or meta.get("digest") != key.digest \
@@ -327,6 +324,50 @@ def load_entry(path: str | Path, key: FeatureKey, expect: Mapping[str, tuple[int
 
 
 # ----------------------------------------------------------------------------- the API
+def lookup(config: TrainConfig, data: DataBundle, directory: Path, say: Log
+           ) -> tuple[dict[str, Any] | None, FeatureKey | None]:
+    """(features, key) from the cache at `directory`: (None, key) on a miss or an entry that
+    fails its checks (said in one line), (None, None) when the weights cannot be identified
+    without loading them. A cache that cannot be read never fails the run."""
+    key = _key_or_none(config, data, directory, say)
+    if key is None:
+        return None, None
+    path = key.path(directory)
+    if not path.exists():
+        return None, key
+    expect = {s: (len(getattr(data, s)), len(data.bands)) for s in SPLITS}
+    try:
+        features = load_entry(path, key, expect)
+    except CacheEntryError as exc:
+        say(f"vision features: cache entry {path} is unusable ({exc}); recomputing")
+        return None, key
+    n = sum(rows for rows, _ in expect.values())
+    say(f"vision features: loaded from cache {path} ({n} samples x {len(data.bands)} bands; "
+        f"key {key.digest[:12]}; no ViT time, --no-feature-cache recomputes)")
+    return features, key
+
+
+def store(config: TrainConfig, data: DataBundle, directory: Path, key: FeatureKey | None,
+          features: Mapping[str, Any], seconds: float, say: Log) -> None:
+    """Store freshly computed features under `key` (None: identify the weights now, e.g. a
+    hub checkpoint downloaded by the computation). A cache that cannot be written never
+    fails the run: it is said in one line."""
+    if key is None:
+        key = _key_or_none(config, data, directory, say)
+    if key is None:
+        say(f"vision features: not cached (cannot identify the weights of "
+            f"{config.backbone!r} without loading them)")
+        return
+    path = key.path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        store_entry(path, key, features, seconds=f"{seconds:.3f}", backbone=config.backbone)
+    except OSError as exc:
+        say(f"vision features: could not store them in {directory} ({exc.strerror or exc})")
+    else:
+        say(f"vision features: computed and stored in cache {path}")
+
+
 def load_or_compute(config: TrainConfig, data: DataBundle, *,
                     cache_dir: str | Path | None = None,
                     compute: Callable[[], Mapping[str, Any] | None] | None = None,
@@ -357,36 +398,12 @@ def load_or_compute(config: TrainConfig, data: DataBundle, *,
         say(f"vision features: cache directory {directory} unusable "
             f"({exc.strerror or exc}); computing without the cache")
         return _as_dict(compute()), False
-    expect = {s: (len(getattr(data, s)), len(data.bands)) for s in SPLITS}
-    key = _key_or_none(config, data, directory, say)
-    if key is not None:
-        path = key.path(directory)
-        if path.exists():
-            try:
-                features = load_entry(path, key, expect)
-            except CacheEntryError as exc:
-                say(f"vision features: cache entry {path} is unusable ({exc}); recomputing")
-            else:
-                n = sum(rows for rows, _ in expect.values())
-                say(f"vision features: loaded from cache {path} ({n} samples x "
-                    f"{len(data.bands)} bands; key {key.digest[:12]})")
-                return features, True
+    features, key = lookup(config, data, directory, say)
+    if features is not None:
+        return features, True
     start = time.perf_counter()
     features = _as_dict(compute())
-    seconds = time.perf_counter() - start
-    if key is None:  # e.g. a hub checkpoint downloaded just now by compute(): ask again
-        key = _key_or_none(config, data, directory, say)
-    if key is None:
-        say(f"vision features: not cached (cannot identify the weights of "
-            f"{config.backbone!r} without loading them)")
-        return features, False
-    path = key.path(directory)
-    try:
-        store_entry(path, key, features, seconds=f"{seconds:.3f}", backbone=config.backbone)
-    except OSError as exc:
-        say(f"vision features: could not store them in {directory} ({exc.strerror or exc})")
-    else:
-        say(f"vision features: computed and stored in cache {path}")
+    store(config, data, directory, key, features, time.perf_counter() - start, say)
     return features, False
 
 
@@ -409,4 +426,4 @@ def _as_dict(features: Mapping[str, Any] | None) -> dict[str, Any]:
 
 __all__ = ["FORMAT", "CacheEntryError", "FeatureKey", "backbone_identity", "cache_key",
            "data_content_hash", "default_cache_dir", "feature_settings", "file_sha256",
-           "load_entry", "load_or_compute", "store_entry"]
+           "load_entry", "load_or_compute", "lookup", "store", "store_entry"]

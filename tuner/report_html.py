@@ -42,14 +42,20 @@ from timesclip.plots import (
     save_figure,
     stamp,
 )
-from tuner.journal import JOURNAL_FILE, TERMINATED, ExperimentState, as_float, read_events
+from tuner.journal import (
+    BEST_TEST_FILE,
+    JOURNAL_FILE,
+    TERMINATED,
+    ExperimentState,
+    as_float,
+    read_events,
+)
 from tuner.journal import select_best as select_best_trial
 from tuner.results import METRICS, REFERENCE_ROWS, fmt
 
 INDEX_FILE = "index.html"
 FIGURES_DIR = "figures"
 OPTUNA_DB = "optuna.db"  # same name as tuner.runner.OPTUNA_DB (no driver import here)
-BEST_TEST_FILE = "best_test.json"
 #: How many of the best trials the learning-curve figure draws.
 TOP_CURVES = 8
 #: fANOVA is a random forest: a fixed seed keeps the page the same on every rebuild.

@@ -39,6 +39,7 @@ from timesclip.cli_args import OneLineErrorParser
 from timesclip.config import ABLATION_MEANINGS, ABLATIONS, TrainConfig
 from timesclip.errors import ConfigError, UserError
 from tuner.journal import (
+    BEST_TEST_FILE,
     DIVERGED,
     ERROR,
     FINAL_FILE,
@@ -58,7 +59,6 @@ from tuner.journal import (
 from tuner.journal import select_best as select_best_trial
 
 META_FILE = "search_meta.json"
-BEST_TEST_FILE = "best_test.json"
 REPORT_DIR = "report"
 
 #: Columns every trials table has, in this order (CONTRACT) — followed by extras and config.*.

@@ -29,6 +29,7 @@ from typing import Any
 
 from timesclip.config import TrainConfig
 from tuner.journal import (
+    BEST_TEST_FILE,
     JOURNAL_FILE,
     TRIALS_DIR,
     ExperimentState,
@@ -38,8 +39,8 @@ from tuner.journal import (
     load_state,
     select_best,
 )
+from tuner.spaces import DEFAULT_STARTUP_TRIALS
 
-BEST_TEST_FILE = "best_test.json"
 #: Per-sample test predictions of the exported configuration (row, year, y_true, y_pred).
 BEST_PREDICTIONS_FILE = "best_test_predictions.csv"
 #: Its variate-selection attention [V, V] averaged over the test split (bands on both axes).
@@ -203,29 +204,15 @@ class Experiment:
             self.args, "feature_cache", None) else default_cache_dir()
 
     def _cached_features(self) -> dict[str, Any] | None:
-        """The frozen vision features from the on-disk cache (no ViT time), or None."""
-        from timesclip.feature_cache import CacheEntryError, cache_key, load_entry
+        """The frozen vision features from the on-disk cache (no ViT time), or None; the
+        key is kept so that features computed by the Ray task are stored under it."""
+        from timesclip.feature_cache import lookup
 
         directory = self._cache_dir()
+        self._cache_key = None
         if directory is None or not self.base.use_vision:
             return None
-        try:
-            key = cache_key(self.base, self.data, cache_dir=directory)
-        except OSError:
-            key = None
-        self._cache_key = key
-        if key is None or not key.path(directory).exists():
-            return None
-        expect = {s: (len(getattr(self.data, s)), len(self.data.bands))
-                  for s in ("train", "val", "test")}
-        try:
-            features = load_entry(key.path(directory), key, expect)
-        except (CacheEntryError, OSError) as exc:
-            self.echo(f"vision features: cache entry {key.path(directory)} is unusable "
-                      f"({exc}); computing them again")
-            return None
-        self.echo(f"vision features: loaded from cache {key.path(directory)} (no ViT time; "
-                  "--no-feature-cache recomputes)")
+        features, self._cache_key = lookup(self.base, self.data, directory, self.echo)
         return features
 
     def _start_features(self, resources: dict[str, float]) -> tuple[Any, Any]:
@@ -259,7 +246,7 @@ class Experiment:
         and store them in the cache for the next search on the same data."""
         import ray
 
-        from timesclip.feature_cache import store_entry
+        from timesclip.feature_cache import store
 
         if ref is None or self.features is not None:
             return
@@ -271,17 +258,11 @@ class Experiment:
         except Exception as exc:  # the task failed: the trials that needed it said so
             self.echo(f"vision features: the feature task failed ({exc.__class__.__name__})")
             return
-        directory, key = self._cache_dir(), getattr(self, "_cache_key", None)
-        if directory is None or key is None or self.features is None:
+        directory = self._cache_dir()
+        if directory is None or self.features is None:
             return
-        seconds = time.perf_counter() - self._features_started
-        try:
-            store_entry(key.path(directory), key, self.features, seconds=f"{seconds:.3f}",
-                        backbone=self.base.backbone)
-            self.echo(f"vision features: stored in cache {key.path(directory)}")
-        except OSError as exc:
-            self.echo(f"vision features: could not store them in {directory} "
-                      f"({exc.strerror or exc})")
+        store(self.base, self.data, directory, getattr(self, "_cache_key", None),
+              self.features, time.perf_counter() - self._features_started, self.echo)
 
     def _tuner(self, ledger: Any, replays: list[TrialState], to_create: int,
                features: Any, features_ref: Any, resources: dict[str, float]) -> Any:
@@ -325,7 +306,8 @@ class Experiment:
             scheduler: Any = JournaledFIFO(ledger)
         else:
             sampler = make_sampler(self.args.searcher, int(self.base.seed),
-                                   startup_trials=int(budget.get("startup_trials", 10)))
+                                   startup_trials=int(budget.get("startup_trials",
+                                                                  DEFAULT_STARTUP_TRIALS)))
             db = self.exp_dir / OPTUNA_DB
             ids: dict[str, int] = {}
             if self.args.resume:
@@ -485,7 +467,8 @@ class Experiment:
         build_report(self.exp_dir, data_bundle=self.data, echo=self.echo)
 
 
-def make_sampler(searcher: str, seed: int, *, startup_trials: int = 10) -> Any:
+def make_sampler(searcher: str, seed: int, *,
+                 startup_trials: int = DEFAULT_STARTUP_TRIALS) -> Any:
     """`--searcher`: Optuna's TPESampler (`startup_trials` random trials first, from the
     space's budget; constant liar for the trials still running, Optuna's default) or
     RandomSampler, seeded alike."""

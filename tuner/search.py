@@ -27,7 +27,6 @@ from timesclip.config import TrainConfig
 from timesclip.errors import ConfigError, UserError
 
 META_FILE = "search_meta.json"
-BEST_TEST_FILE = "best_test.json"
 REUSE_ACTORS = os.environ.get("TIMESCLIP_REUSE_ACTORS", "1") == "1"
 #: Retries of an infrastructure failure: one lost node kills every trial on it once, and a
 #: retried trial may land on a second failing node before the cluster settles.
@@ -150,7 +149,7 @@ def resolve_budget(args: argparse.Namespace, space: Any) -> dict[str, Any]:
         "reduction_factor": pick(args.reduction_factor, bud.reduction_factor),
         "max_concurrent": pick(args.max_concurrent, bud.max_concurrent),
         "metric": bud.metric, "mode": bud.mode,
-        "startup_trials": getattr(bud, "startup_trials", 10),
+        "startup_trials": bud.startup_trials,
     }
     for key in ("num_samples", "max_epochs", "grace_period", "max_concurrent"):
         if budget[key] < 1:
