@@ -14,7 +14,7 @@ import pytest
 import torch
 from transformers import CLIPVisionModel
 
-from timesclip import feature_cache
+from timesclip import atomic, feature_cache
 from timesclip.data import load_bundle
 from timesclip.feature_cache import (
     SPLITS,
@@ -231,7 +231,7 @@ def test_write_is_atomic(config, bundle, tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     # a failure between writing the temp file and renaming it into place
-    monkeypatch.setattr(feature_cache.os, "replace", fail)
+    monkeypatch.setattr(atomic.os, "replace", fail)
     features, hit = load_or_compute(config, bundle, cache_dir=tmp_path, compute=compute,
                                     log=logs.append)
     monkeypatch.undo()

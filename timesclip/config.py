@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from timesclip import atomic
 from timesclip.errors import ConfigError
 
 DEFAULT_BACKBONE = "openai/clip-vit-base-patch16"
@@ -232,7 +233,7 @@ class TrainConfig:
         # libyaml's emitter when present: same text, ~5x faster (every trial writes one)
         text = yaml.dump(data, Dumper=_SAFE_DUMPER, sort_keys=False)
         if path is not None:
-            _atomic_write(Path(path), text)
+            atomic.write_text(path, text)
         return text
 
     @classmethod
@@ -283,14 +284,6 @@ def _coerce(name: str, value: Any, source: str) -> Any:
     except (TypeError, ValueError):
         raise ConfigError(f"{source}: {name} must be of type {kind}, got {value!r}") from None
     return value
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    """Write via a temporary file + rename so a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def apply_ablation(config: TrainConfig, ablation: str) -> TrainConfig:

@@ -29,7 +29,6 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from timesclip import atomic
 from timesclip.config import TrainConfig
 from timesclip.data import DataBundle
 
@@ -241,29 +241,11 @@ def file_sha256(path: Path, *, cache_dir: str | Path | None = None) -> str:
     if memo_file is not None:
         memo[real] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
         with contextlib.suppress(OSError):  # a memo that cannot be written only costs time
-            _atomic_write_bytes(memo_file, (json.dumps(memo, indent=1) + "\n").encode())
+            atomic.write_bytes(memo_file, (json.dumps(memo, indent=1) + "\n").encode())
     return digest
 
 
 # ----------------------------------------------------------------------------- files
-def _atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Temp file in the same directory, fsync, os.replace: the final name only ever holds
-    a complete file. On any failure the temp file is removed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o644)  # mkstemp's 0600 would hide a shared cache
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def _tensor_sha256(tensor: Any) -> str:
     return hashlib.sha256(tensor.contiguous().numpy().tobytes()).hexdigest()
 
@@ -280,7 +262,7 @@ def store_entry(path: str | Path, key: FeatureKey, features: Mapping[str, Any],
             "sha256": _canonical({s: _tensor_sha256(t) for s, t in tensors.items()}),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             **{k: str(v) for k, v in info.items()}}
-    _atomic_write_bytes(Path(path), safetensors.torch.save(tensors, metadata=meta))
+    atomic.write_bytes(Path(path), safetensors.torch.save(tensors, metadata=meta))
 
 
 def load_entry(path: str | Path, key: FeatureKey, expect: Mapping[str, tuple[int, int]]

@@ -25,6 +25,7 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.layout_engine import ConstrainedLayoutEngine
 
+from timesclip import atomic
 from timesclip.config import TrainConfig
 from timesclip.data import Scaler
 from timesclip.metrics import regression_metrics
@@ -112,11 +113,10 @@ def attention_frame(attention: np.ndarray, bands: Sequence[str]) -> pd.DataFrame
 
 
 def write_csv(frame: pd.DataFrame, path: str | Path, *, index: bool = False) -> Path:
-    """Write a CSV next to its final name, then rename: a reader never sees half a file."""
+    """Write a CSV atomically: a reader never sees half a file."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    frame.to_csv(tmp, index=index, float_format="%.10g")
-    tmp.replace(path)
+    with atomic.replacing(path) as tmp:
+        frame.to_csv(tmp, index=index, float_format="%.10g")
     return path
 
 
@@ -164,11 +164,10 @@ def stamp(fig: Figure, caption: str) -> None:
 
 
 def save_figure(fig: Figure, path: str | Path, *, dpi: int = 110) -> Path:
-    """PNG at `path` (written under a temporary name first)."""
+    """PNG at `path`, written atomically."""
     path = Path(path)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
-    tmp.replace(path)
+    with atomic.replacing(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
     return path
 
 

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
+from timesclip import atomic
 from timesclip.config import TrainConfig
 from timesclip.data import DataBundle, Scaler
 from timesclip.errors import ConfigError, NonFiniteLossError
@@ -230,9 +231,10 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
+    """torch.save under a temporary name, then renamed (a new inode per save: checkpoint
+    folders published by hard link never change afterwards)."""
+    with atomic.replacing(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def build_optimizer(model: TimesCLIP, config: TrainConfig) -> torch.optim.Optimizer:

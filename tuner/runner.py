@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shutil
 import signal
 import time
@@ -27,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from timesclip.atomic import write_text
 from timesclip.config import TrainConfig
 from tuner.journal import (
     BEST_TEST_FILE,
@@ -455,9 +455,7 @@ class Experiment:
                    "attention": BEST_ATTENTION_FILE if attention is not None else None,
                    "bands": [str(b) for b in bands],
                    "use_variate_selection": bool(config.use_variate_selection)}
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(payload, indent=2) + "\n")
-        os.replace(tmp, path)
+        write_text(path, json.dumps(payload, indent=2) + "\n")
         self.echo(f"best trial {best.tid}: {self.metric} {value:.4f} (epoch {epoch}); test "
                   f"(evaluated once) RMSE {test['rmse']:.3f}, R2 {test['r2']:+.3f}")
 

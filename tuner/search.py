@@ -561,9 +561,9 @@ def _init_ray(args: argparse.Namespace) -> None:
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    tmp.replace(path)
+    from timesclip.atomic import write_text
+
+    write_text(path, json.dumps(payload, indent=2, default=str) + "\n")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

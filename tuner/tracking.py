@@ -40,6 +40,7 @@ from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialSch
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
+from timesclip.atomic import write_text
 from tuner.journal import (
     DIVERGED,
     ERROR,
@@ -222,9 +223,7 @@ class JournaledASHA(_JournalingScheduler, AsyncHyperBandScheduler):
                    "reduction_factor": self._reduction_factor,
                    "rungs": [{"milestone": m, "records": dict(sorted(rec.items()))}
                              for m, rec in sorted(self.rung_records().items())]}
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")
-        tmp.replace(path)
+        write_text(path, json.dumps(payload, indent=1, sort_keys=True) + "\n")
 
     def _snapshot(self) -> None:
         if self.ledger.experiment_dir is not None:

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from ray import tune
 
+from timesclip.atomic import TMP_SUFFIX, write_text
 from timesclip.config import TrainConfig, apply_ablation
 from timesclip.data import DataBundle
 from timesclip.errors import NonFiniteLossError
@@ -238,7 +239,7 @@ def publish_checkpoint(source: Path, trial_dir: Path, epoch: int, keep: int = 3)
         shutil.rmtree(dest)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=trial_dir))
     for path in source.iterdir():
-        if path.is_file() and not path.name.endswith(".tmp"):
+        if path.is_file() and not path.name.endswith(TMP_SUFFIX):
             try:
                 os.link(path, tmp / path.name)
             except OSError:  # a filesystem without hard links
@@ -284,6 +285,4 @@ def _write_final(path: Path, result: FitResult, config: TrainConfig,
         "train_seconds": result.train_seconds, "backbone": result.backbone,
         "ablation": trial_params.get("ablation"), "seed": config.seed,
     }
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    tmp.replace(path)
+    write_text(path, json.dumps(payload, indent=2) + "\n")
