@@ -1,7 +1,8 @@
 """Fixed costs of a search: time to the first epoch, and what each trial pays besides training.
 
     python benchmarks/search_overhead.py [--num-trials 8] [--epochs 6] [--space quick]
-                                         [--baseline-checkout DIR] [--keep DIR]
+                                         [--max-concurrent K] [--baseline-checkout DIR]
+                                         [--keep DIR]
 
 One run measures, on the same machine and in the same minutes:
 
@@ -57,6 +58,8 @@ def timed_search(checkout: Path, args: argparse.Namespace, storage: Path, name: 
     cmd = [sys.executable, "-m", "tuner.search", "--space", args.space,
            "--num-samples", str(args.num_trials), "--max-epochs", str(args.epochs),
            "--storage", str(storage), "--name", name, "--seed", "0"]
+    if args.max_concurrent:
+        cmd += ["--max-concurrent", str(args.max_concurrent)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(checkout),
            "XDG_CACHE_HOME": str(cache), "RAY_USAGE_STATS_ENABLED": "0"}
     lines: list[tuple[float, str]] = []
@@ -129,6 +132,8 @@ def main() -> int:
     p.add_argument("--num-trials", type=int, default=8)
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--space", default="quick")
+    p.add_argument("--max-concurrent", type=int, help="trials at once (default: the "
+                   "space's; 1 leaves the driver a core of its own on a 2-core machine)")
     p.add_argument("--baseline-checkout", type=Path,
                    help="an earlier checkout to time the same command in, side by side")
     p.add_argument("--keep", type=Path, help="keep experiments and logs here")
