@@ -2,7 +2,7 @@
 training again.
 
     python benchmarks/asha_replay.py EXPERIMENT [EXPERIMENT ...] [--grace 1 2 3]
-                                     [--factor 2 3 4] [--concurrent 2]
+                                     [--factor 2 3 4] [--brackets 1] [--concurrent 2]
 
 Each EXPERIMENT is a finished search run with `--searcher random --scheduler fifo` (e.g.
 the random+FIFO searches `search_efficiency.py` keeps): every trial trained to its end,
@@ -11,8 +11,10 @@ that ASHA lets run produces exactly the prefix of that curve. Replaying Ray's ow
 `AsyncHyperBandScheduler` over the curves (trials in the order the search created them,
 `--concurrent` at a time, each epoch taking the seconds it took) therefore gives what
 random+ASHA would have done with the same configurations, for any grace period and
-reduction factor. (Exact for a random sampler, whose proposals do not depend on results;
-the only approximation is the interleaving of concurrent trials.)
+reduction factor, and with several Hyperband brackets (`--brackets`: Ray puts each new
+trial in a bracket at random, so those settings are replayed `--draws` times with seeded
+draws). Exact for a random sampler, whose proposals do not depend on results; the only
+approximation is the interleaving of concurrent trials.
 
 For each setting: the trial-epochs ASHA spends and whether, and after how many
 trial-epochs, it reports a value at least as good as the FIFO search's best, as a share of
@@ -68,12 +70,18 @@ class _Trial:
 
 
 def replay(curves: list[Curve], grace: int, factor: float, max_t: int, concurrent: int,
-           mode: str, metric: str) -> list[tuple[int, float]]:
-    """(trial-epochs spent so far, best value so far) after every reported epoch."""
+           mode: str, metric: str, brackets: int = 1, draw: int = 0
+           ) -> list[tuple[int, float]]:
+    """(trial-epochs spent so far, best value so far) after every reported epoch.
+
+    draw seeds numpy's global generator, from which Ray picks each trial's bracket."""
+    import numpy as np
     from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 
+    np.random.seed(draw)
     asha = AsyncHyperBandScheduler(time_attr="epoch", metric=metric, mode=mode, max_t=max_t,
-                                   grace_period=grace, reduction_factor=factor)
+                                   grace_period=grace, reduction_factor=factor,
+                                   brackets=brackets)
     sign = 1.0 if mode == "min" else -1.0
     running: list[tuple[float, int, int]] = []  # (time the epoch ends, trial index, epoch)
     upcoming = iter(range(len(curves)))
@@ -123,14 +131,19 @@ def main(argv: list[str] | None = None) -> int:
                    help="grace periods to replay (default 1 2 3)")
     p.add_argument("--factor", type=float, nargs="+", default=[2, 3, 4],
                    help="reduction factors to replay (default 2 3 4)")
+    p.add_argument("--brackets", type=int, nargs="+", default=[1],
+                   help="Hyperband brackets to replay (default 1: plain ASHA)")
+    p.add_argument("--draws", type=int, default=20,
+                   help="seeded bracket draws per search when brackets > 1 (default 20)")
     p.add_argument("--max-t", type=int, help="ASHA max_t (default: the longest curve)")
     p.add_argument("--concurrent", type=int, default=2,
                    help="trials at a time, as in the searches (default 2)")
     p.add_argument("--metric", default="val_rmse")
     p.add_argument("--mode", choices=("min", "max"), default="min")
     args = p.parse_args(argv)
-    if args.concurrent < 1 or min(args.grace) < 1 or min(args.factor) <= 1:
-        p.error("--concurrent and --grace must be >= 1 and --factor > 1")
+    if args.concurrent < 1 or min(args.grace) < 1 or min(args.factor) <= 1 or \
+            min(args.brackets) < 1 or args.draws < 1:
+        p.error("--concurrent, --grace, --brackets and --draws must be >= 1 and --factor > 1")
 
     runs = [(exp, read_curves(exp, args.metric)) for exp in args.experiments]
     runs = [(exp, c) for exp, c in runs if c]
@@ -146,26 +159,30 @@ def main(argv: list[str] | None = None) -> int:
           + "  ".join(f"k={k} {r:.2f}" for k, r in enumerate(agreement, start=1)))
 
     pick = min if args.mode == "min" else max
-    print(f"\n{'grace':>5} {'factor':>6}  {'reached':>7}  {'median R':>8}  "
+    print(f"\n{'grace':>5} {'factor':>6} {'brackets':>8}  {'reached':>9}  {'median R':>8}  "
           f"{'spent (share of FIFO)':>22}  per search R")
     for grace in args.grace:
         for factor in args.factor:
-            ratios, spent = [], []
-            for _, curves in runs:
-                total = sum(len(c) for c in curves)
-                target = pick(v for c in curves for v, _ in c)
-                trace = replay(curves, grace, factor, max_t, args.concurrent, args.mode,
-                               args.metric)
-                sign = 1.0 if args.mode == "min" else -1.0
-                needed = next((s for s, b in trace if sign * b <= sign * target), None)
-                ratios.append(needed / total if needed else math.inf)
-                spent.append(trace[-1][0] / total)
-            reached = sum(math.isfinite(r) for r in ratios)
-            median = statistics.median(ratios)
-            print(f"{grace:>5} {factor:>6g}  {reached:>3}/{len(ratios):<3}  "
-                  f"{'never' if math.isinf(median) else f'{median:.2f}':>8}  "
-                  f"{statistics.median(spent):>22.2f}  "
-                  + " ".join("never" if math.isinf(r) else f"{r:.2f}" for r in ratios))
+            for brackets in args.brackets:
+                draws = args.draws if brackets > 1 else 1
+                ratios, spent = [], []
+                for _, curves in runs:
+                    total = sum(len(c) for c in curves)
+                    target = pick(v for c in curves for v, _ in c)
+                    sign = 1.0 if args.mode == "min" else -1.0
+                    for draw in range(draws):
+                        trace = replay(curves, grace, factor, max_t, args.concurrent,
+                                       args.mode, args.metric, brackets, draw)
+                        needed = next((n for n, b in trace if sign * b <= sign * target), None)
+                        ratios.append(needed / total if needed else math.inf)
+                        spent.append(trace[-1][0] / total)
+                reached = sum(math.isfinite(r) for r in ratios)
+                median = statistics.median(ratios)
+                shown = " ".join("never" if math.isinf(r) else f"{r:.2f}" for r in ratios) \
+                    if draws == 1 else f"({draws} draws per search)"
+                print(f"{grace:>5} {factor:>6g} {brackets:>8}  {reached:>4}/{len(ratios):<4}  "
+                      f"{'never' if math.isinf(median) else f'{median:.2f}':>8}  "
+                      f"{statistics.median(spent):>22.2f}  {shown}")
     return 0
 
 

@@ -69,3 +69,19 @@ def test_only_searches_that_ran_every_trial_to_its_end_are_replayed(replay_mod, 
         [[(1.5, 0.5)]]
     with pytest.raises(SystemExit, match="--scheduler fifo"):
         replay_mod.read_curves(journal(tmp_path / "asha", "asha"), "val_rmse")
+
+
+def test_brackets_are_replayed_with_seeded_draws(replay_mod):
+    """With two brackets a trial's first rung is at 1 or 2 epochs, as Ray draws it: the
+    slow starter survives in some draws, and one draw always replays the same way."""
+    curves = [curve(2.0, 1.5, 1.2, 1.0), curve(1.8, 1.4, 1.1, 0.9),
+              curve(3.0, 1.0, 0.7, 0.5), curve(1.9, 1.6, 1.5, 1.4)]
+    finals = set()
+    for draw in range(20):
+        trace = replay_mod.replay(curves, grace=1, factor=2, max_t=4, concurrent=2,
+                                  mode="min", metric="val_rmse", brackets=2, draw=draw)
+        assert trace == replay_mod.replay(curves, grace=1, factor=2, max_t=4, concurrent=2,
+                                          mode="min", metric="val_rmse", brackets=2,
+                                          draw=draw)
+        finals.add(round(trace[-1][1], 6))
+    assert finals == {0.5, 0.9}
