@@ -402,3 +402,33 @@ def test_ablation_page(tmp_path, small_bundle, small_csvs, tiny_config):
     for ref in ("mean", "ridge", "hgb"):
         assert lines[ref] == pytest.approx(refs.loc[ref, "test_rmse_mean"])
     assert [bar.get_height() for bar in r2_ax.patches] == pytest.approx([0.0] * 5)
+
+
+def test_importance_is_fitted_once_and_the_figure_shows_the_table(page_exp, small_bundle,
+                                                                   tmp_path, monkeypatch):
+    """fANOVA (a random forest) runs once per report: the figure is drawn from the values
+    the table prints, not from a second fit."""
+    import optuna.importance
+    import optuna.visualization.matplotlib as ovm
+
+    fits, drawn = [], []
+    real_evaluate = optuna.importance.FanovaImportanceEvaluator.evaluate
+    real_plot = ovm.plot_param_importances
+
+    def counting(self, *args, **kwargs):
+        fits.append(1)
+        return real_evaluate(self, *args, **kwargs)
+
+    def recording(study, evaluator=None, params=None, **kwargs):
+        drawn.append(optuna.importance.get_param_importances(
+            study, evaluator=evaluator, params=params))
+        return real_plot(study, evaluator=evaluator, params=params, **kwargs)
+
+    monkeypatch.setattr(optuna.importance.FanovaImportanceEvaluator, "evaluate", counting)
+    monkeypatch.setattr(ovm, "plot_param_importances", recording)
+    exp = _copy(page_exp, tmp_path / "once")
+    html = build_report(exp, data_bundle=small_bundle, echo=lambda _: None) \
+        .index_html.read_text()
+    assert len(fits) == 1 and len(drawn) == 1
+    for name, value in drawn[0].items():
+        assert f"<tr><td>{name}</td><td>{value:.3f}</td></tr>" in html

@@ -166,6 +166,20 @@ def param_importances(view: StudyView) -> dict[str, float]:
         params=view.varying)
 
 
+def _computed(values: dict[str, float]) -> Any:
+    """An Optuna importance evaluator that hands back importances already computed (by
+    `param_importances`), so the figure shows the table's numbers without a second fANOVA
+    fit. Optuna's plot calls `evaluate` with the same study and parameters."""
+    from optuna.importance import BaseImportanceEvaluator
+
+    class Computed(BaseImportanceEvaluator):
+        def evaluate(self, study: Any, params: Any = None, *, target: Any = None
+                     ) -> dict[str, float]:
+            return dict(values)
+
+    return Computed()
+
+
 def importance_reason(view: StudyView) -> str | None:
     """Why importances cannot be computed, or None when they can."""
     if view.complete < 2:
@@ -419,11 +433,13 @@ def _optuna_sections(experiment_dir: Path, meta: dict[str, Any], figure: FigureF
     base = (f"From the Optuna study ({view.complete} COMPLETE trials; the {view.pruned} "
             "PRUNED ones, stopped by ASHA or diverged, are left out as Optuna leaves them "
             f"out), value = each trial's {target} on the validation split.")
+    evaluator: Any = FanovaImportanceEvaluator(seed=IMPORTANCE_SEED)
     try:
         values = param_importances(view)
         table = "<table class='small'><tr><th>parameter</th><th>importance</th></tr>" + "".join(
             f"<tr><td>{_e(k)}</td><td>{v:.3f}</td></tr>" for k, v in values.items()) + \
             "</table>"
+        evaluator = _computed(values)  # the figure draws these: fANOVA is fitted once
     except Exception as exc:
         table = f"<p class='note'>importances not computed: {_e(_short(exc))}</p>"
     out = [figure(
@@ -431,8 +447,8 @@ def _optuna_sections(experiment_dir: Path, meta: dict[str, Any], figure: FigureF
         f"fANOVA importance (Optuna's FanovaImportanceEvaluator, seed {IMPORTANCE_SEED}) of "
         f"the parameters that vary across trials. {base}",
         lambda: _optuna_figure(lambda: ovm.plot_param_importances(
-            view.study, evaluator=FanovaImportanceEvaluator(seed=IMPORTANCE_SEED),
-            params=view.varying, target_name=target), where, (8.0, 4.2)),
+            view.study, evaluator=evaluator, params=view.varying, target_name=target),
+            where, (8.0, 4.2)),
         extra_html=table)]
     if len(view.varying) >= 2:
         out.append(figure(
