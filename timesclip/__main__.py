@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from timesclip import atomic
 from timesclip.cli_args import (
     OneLineErrorParser,
     add_ablation_flags,
@@ -198,7 +199,9 @@ def _check_writable(out: Path) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from timesclip.data import load_bundle, load_csvs
-    from timesclip.train import evaluate_arrays, load_for_inference
+    from timesclip.metrics import regression_metrics
+    from timesclip.plots import predict_with_attention
+    from timesclip.train import load_for_inference
 
     model, config, scaler, bands, backbone = load_for_inference(args.checkpoint, args.device)
     # The model's own bands, in its order: a config that auto-detected its bands (bands None)
@@ -225,24 +228,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         part = getattr(bundle, subset)
         x_raw, y_raw, source = part.x_raw, part.y_raw, bundle.description
         years = part.years
-    # stdout is the JSON result: progress of a long vision pass goes to stderr
-    if args.plots:
-        # one pass gives the metrics and the figures' predictions and attention alike
-        from timesclip.metrics import regression_metrics
-        from timesclip.plots import predict_with_attention
-
-        y_pred, attention = predict_with_attention(model, config, scaler, backbone, x_raw,
-                                                   image_batch=args.image_batch,
-                                                   progress_file=sys.stderr)
-        metrics = regression_metrics(y_raw, y_pred)
-    else:
-        metrics = evaluate_arrays(model, config, scaler, backbone, x_raw, y_raw,
-                                  image_batch=args.image_batch, progress_file=sys.stderr)
+    # One pass gives the metrics and, for --plots, the predictions and attention alike
+    # (evaluate_arrays is the same pass without the attention). stdout is the JSON result:
+    # progress of a long vision pass goes to stderr.
+    y_pred, attention = predict_with_attention(model, config, scaler, backbone, x_raw,
+                                               image_batch=args.image_batch,
+                                               progress_file=sys.stderr)
+    metrics = regression_metrics(y_raw, y_pred)
     result = {"subset": subset, "n": int(len(y_raw)), "data": source,
               "backbone": config.backbone, **metrics}
     text = json.dumps(result, indent=2)
     if args.json:
-        Path(args.json).write_text(text + "\n")
+        atomic.write_text(args.json, text + "\n")
     _print(text)
     if args.plots:
         caption = _plots_caption(

@@ -1,7 +1,8 @@
 """Atomic file writes: a reader (a resumed search, the report, a second trial on another
 node) sees either the previous complete file or the new complete file, never half of one.
 
-Every file the trainer and the search write for others to read goes through here: the
+Every single file the trainer and the search write for others to read goes through here
+(whole folders, the report and a training run's --out, are built aside and renamed): the
 content goes to a uniquely named temporary file in the same directory (so concurrent
 writers never share one, and `os.replace` stays on one filesystem), is fsync'd, then
 replaces the final name. A writer killed half-way leaves a `.NAME.*.tmp` file behind,

@@ -45,6 +45,7 @@ from timesclip.plots import (
 from tuner.journal import (
     BEST_TEST_FILE,
     JOURNAL_FILE,
+    OPTUNA_DB,
     TERMINATED,
     ExperimentState,
     as_float,
@@ -55,7 +56,6 @@ from tuner.results import METRICS, REFERENCE_ROWS, fmt
 
 INDEX_FILE = "index.html"
 FIGURES_DIR = "figures"
-OPTUNA_DB = "optuna.db"  # same name as tuner.runner.OPTUNA_DB (no driver import here)
 #: How many of the best trials the learning-curve figure draws.
 TOP_CURVES = 8
 #: fANOVA is a random forest: a fixed seed keeps the page the same on every rebuild.

@@ -31,6 +31,7 @@ from timesclip.config import TrainConfig
 from tuner.journal import (
     BEST_TEST_FILE,
     JOURNAL_FILE,
+    OPTUNA_DB,
     TRIALS_DIR,
     ExperimentState,
     Journal,
@@ -45,7 +46,6 @@ from tuner.spaces import DEFAULT_STARTUP_TRIALS
 BEST_PREDICTIONS_FILE = "best_test_predictions.csv"
 #: Its variate-selection attention [V, V] averaged over the test split (bands on both axes).
 BEST_ATTENTION_FILE = "best_attention.csv"
-OPTUNA_DB = "optuna.db"
 
 
 @dataclass
@@ -82,7 +82,10 @@ class Experiment:
                         max_epochs=int(self.budget["max_epochs"]),
                         experiment_dir=self.exp_dir)
         self.started = time.perf_counter()
-        ledger.on_end = PruneOnEnd(self.exp_dir / TRIALS_DIR)
+        trials_dir = self.exp_dir / TRIALS_DIR
+        # (Ray pickles the ledger with its searcher; the pickled copy drops this hook)
+        ledger.on_end = lambda trial: prune_checkpoints(trials_dir / trial.dirname,
+                                                        trial.checkpoint)
         ledger.record("driver_start", argv=list(self.argv), resume=bool(self.args.resume),
                       **driver_fields())
         try:
@@ -500,20 +503,6 @@ def prune_checkpoints(trial_dir: Path, keep_name: str | None, keep: int = 3) -> 
         shutil.rmtree(path, ignore_errors=True)
 
 
-@dataclass
-class PruneOnEnd:
-    """`Ledger.on_end`: prune an ended trial's old checkpoints.
-
-    A module-level class, not a closure: Ray pickles the searcher, and with it the ledger,
-    into its experiment-state snapshot every few seconds, and a local lambda cannot be
-    pickled (the search would abort at its first snapshot)."""
-
-    trials_dir: Path
-
-    def __call__(self, trial: TrialState) -> None:
-        prune_checkpoints(self.trials_dir / trial.dirname, trial.checkpoint)
-
-
 def _dirname_of(trial: Any) -> str:
     """Ray's trial folder name: our trial id and key parameters (see trial_dirname)."""
     from tuner.tracking import TID_KEY
@@ -523,4 +512,4 @@ def _dirname_of(trial: Any) -> str:
 
 
 __all__ = ["BEST_ATTENTION_FILE", "BEST_PREDICTIONS_FILE", "BEST_TEST_FILE", "OPTUNA_DB",
-           "Experiment", "PruneOnEnd"]
+           "Experiment"]

@@ -22,6 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from timesclip.atomic import write_text
 from timesclip.cli_args import DATA_FIELDS, OneLineErrorParser, add_data_flags
 from timesclip.config import TrainConfig
 from timesclip.errors import ConfigError, UserError
@@ -561,8 +562,6 @@ def _init_ray(args: argparse.Namespace) -> None:
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    from timesclip.atomic import write_text
-
     write_text(path, json.dumps(payload, indent=2, default=str) + "\n")
 
 
