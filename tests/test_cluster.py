@@ -53,15 +53,18 @@ def _search_args(cluster: dict, storage: Path, name: str, data: list[Path], *ext
 
 
 #: Trials long enough to be killed in the middle: no early stopping, every trial to the end.
-LONG_SPACE = """\
+#: On the small test data an epoch takes ~0.1 s and the worker node dies 1-2 s after the
+#: kill is asked for: at 10 epochs a trial could finish before it (seen once in CI), so 40.
+LONG_EPOCHS = 40
+LONG_SPACE = f"""\
 description: trials that run to their last epoch, for the lost-node test
 kind: search
-budget: {num_samples: 4, max_epochs: 10, grace_period: 1, reduction_factor: 2,
-         metric: val_rmse, mode: min, max_concurrent: 2}
-resources: {cpus_per_trial: 1, gpus_per_trial: 0}
-base: {backbone: tiny, d_model: 32, head_hidden: 32, patience: 50}
+budget: {{num_samples: 4, max_epochs: {LONG_EPOCHS}, grace_period: 1, reduction_factor: 2,
+         metric: val_rmse, mode: min, max_concurrent: 2}}
+resources: {{cpus_per_trial: 1, gpus_per_trial: 0}}
+base: {{backbone: tiny, d_model: 32, head_hidden: 32, patience: 100}}
 parameters:
-  lr: {type: loguniform, low: 1.0e-4, high: 3.0e-3}
+  lr: {{type: loguniform, low: 1.0e-4, high: 3.0e-3}}
 """
 
 
@@ -124,7 +127,7 @@ def test_trials_on_both_nodes_and_a_lost_worker_node(cluster, tmp_path, small_cs
     epochs = [e["epoch"] for e in events if e["ev"] == "result" and e["tid"] == victim]
     # the retry continues from the last journaled checkpoint: no finished epoch runs again
     # (only the one in progress when the node died is lost)
-    assert epochs == list(range(1, 11)), epochs
+    assert epochs == list(range(1, LONG_EPOCHS + 1)), epochs
     after = [e for e in events if e["ev"] == "result" and e["tid"] == victim
              and e["t"] > retries[0]["t"]]
     assert after and min(e["epoch"] for e in after) >= last_before
