@@ -737,3 +737,34 @@ def test_a_trial_resumes_from_the_checkpoint_its_journal_names(tmp_path):
     journal_path.unlink()
     with pytest.raises(RuntimeError, match="not visible on this node.*every node mounts"):
         journal_checkpoint(setup, "t0000", trial_dir)
+
+
+def test_worker_fetches_the_shared_features_once_per_search(monkeypatch):
+    """A worker process runs many trials (reused actors): it copies the features out of the
+    object store for the first and keeps them for the rest; another search's features
+    (a new ref) replace them, so a process never holds two sets."""
+    import ray
+
+    import tuner.trainable as trainable
+
+    class Ref:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def hex(self) -> str:
+            return self.name
+
+    fetched: list[str] = []
+
+    def fake_get(ref: Ref) -> dict[str, Any]:
+        fetched.append(ref.name)
+        return {"train": ref.name}
+
+    monkeypatch.setattr(ray, "get", fake_get)
+    monkeypatch.setattr(trainable, "_FEATURES_CACHE", {})
+    first, second = Ref("aa"), Ref("bb")
+    assert trainable._shared_features(first) == {"train": "aa"}
+    assert trainable._shared_features(first) is trainable._shared_features(first)
+    assert fetched == ["aa"]
+    assert trainable._shared_features(second) == {"train": "bb"}
+    assert fetched == ["aa", "bb"] and list(trainable._FEATURES_CACHE) == ["bb"]

@@ -153,7 +153,95 @@ def test_checkpoints_are_tensors_and_plain_data(small_bundle, tiny_config, tmp_p
     assert all(torch.equal(last["model"][k], best["model"][k]) for k in best["model"])
     rng = last["rng"]
     assert isinstance(rng["numpy"]["keys"], torch.Tensor) and rng["numpy"]["keys"].shape == (624,)
-    assert isinstance(rng["python"]["state"], list) and len(rng["python"]["state"]) == 625
+    # the optimizer's tensors joined, and Python's 625 state words as one tensor:
+    # torch.save pays per pickled object
+    assert sorted(last["optimizer"]["packed"]) == ["exp_avg", "exp_avg_sq", "step"]
+    assert rng["python"]["state"].dtype == torch.int64 and rng["python"]["state"].shape == (625,)
+
+
+@pytest.mark.parametrize("form", ["tensor", "list (earlier versions)"])
+def test_python_rng_state_round_trips(form):
+    """_set_rng_state restores Python's generator exactly, from the tensor written now and
+    from the plain list that checkpoints of earlier versions hold."""
+    import random
+
+    from timesclip.train import _rng_state, _set_rng_state
+
+    random.seed(123)
+    random.random()
+    state = _rng_state()
+    expected = [random.random() for _ in range(5)]
+    if form != "tensor":
+        state["python"]["state"] = state["python"]["state"].tolist()
+    random.seed(999)
+    _set_rng_state(state)
+    assert [random.random() for _ in range(5)] == expected
+
+
+def _adam_after_steps(steps: int = 3) -> torch.optim.Adam:
+    """An Adam holding state for a matrix, a vector and a 0-dim parameter."""
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(4, 3)), torch.nn.Parameter(torch.randn(5)),
+              torch.nn.Parameter(torch.tensor(0.07))]
+    opt = torch.optim.Adam(params, lr=0.1)
+    for _ in range(steps):
+        opt.zero_grad()
+        sum((p ** 2).sum() for p in params).backward()
+        opt.step()
+    return opt
+
+
+def _same_state(a: dict, b: dict) -> bool:
+    return (a["param_groups"] == b["param_groups"] and list(a["state"]) == list(b["state"])
+            and all(list(a["state"][i]) == list(b["state"][i])
+                    and all(torch.equal(a["state"][i][k], b["state"][i][k])
+                            and a["state"][i][k].shape == b["state"][i][k].shape
+                            for k in a["state"][i]) for i in a["state"]))
+
+
+def test_optimizer_state_is_packed_and_restored_exactly(tmp_path):
+    """last.pt stores the optimizer's tensors joined (three instead of nine here), and
+    what torch.load(weights_only=True) reads back unpacks to the same state dict."""
+    from timesclip.train import pack_optimizer_state, unpack_optimizer_state
+
+    sd = _adam_after_steps().state_dict()
+    packed = pack_optimizer_state(sd)
+    assert sorted(packed["packed"]) == ["exp_avg", "exp_avg_sq", "step"]
+    assert packed["packed"]["exp_avg"].shape == (12 + 5 + 1,)
+    torch.save(packed, tmp_path / "opt.pt")
+    loaded = torch.load(tmp_path / "opt.pt", weights_only=True)
+    restored = unpack_optimizer_state(loaded)
+    assert _same_state(restored, sd)
+    fresh = _adam_after_steps(0)
+    fresh.load_state_dict(restored)  # what resume does
+    assert _same_state(fresh.state_dict(), sd)
+    # an unpacked state (checkpoints of earlier versions) passes through unchanged
+    assert unpack_optimizer_state(sd) is sd
+    broken = {**loaded, "shapes": {**loaded["shapes"], "exp_avg": [[4, 3], [5], [2]]}}
+    with pytest.raises(ValueError, match="exp_avg"):
+        unpack_optimizer_state(broken)
+
+
+def test_large_optimizer_state_is_stored_unpacked(monkeypatch, small_bundle, tiny_config,
+                                                  tmp_path):
+    """Above the size limit (real-size models) joining would only copy memory: the state is
+    stored as torch gives it, and resuming from it still repeats the run."""
+    import timesclip.train as train_module
+
+    sd = _adam_after_steps().state_dict()
+    monkeypatch.setattr(train_module, "PACK_LIMIT_BYTES", 64)
+    assert train_module.pack_optimizer_state(sd) is sd
+
+    config = tiny_config.replace(epochs=3)
+    full = fit(config, small_bundle, checkpoint_dir=tmp_path / "full")
+    with pytest.raises(Crash):
+        fit(config, small_bundle, checkpoint_dir=tmp_path / "part", report=crash_after(2))
+    assert "packed" not in torch.load(tmp_path / "part" / "last.pt",
+                                      weights_only=True)["optimizer"]
+    resumed = fit(config, small_bundle, checkpoint_dir=tmp_path / "part",
+                  resume_from=tmp_path / "part")
+    assert [h["val_loss"] for h in resumed.history] == pytest.approx(
+        [h["val_loss"] for h in full.history], rel=1e-6, abs=1e-9)
 
 
 @pytest.mark.parametrize("zip_format", [True, False], ids=["torch-zip", "bare-pickle"])

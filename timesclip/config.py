@@ -8,6 +8,7 @@ user's own training recipe (AdamW 1e-4, ReduceLROnPlateau, clip 1.0, batch 32, .
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -196,7 +197,7 @@ class TrainConfig:
     # ------------------------------------------------------------------ conversions
     @classmethod
     def field_names(cls) -> list[str]:
-        return [f.name for f in fields(cls)]
+        return list(_field_types())
 
     def to_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.field_names()}
@@ -254,10 +255,16 @@ class TrainConfig:
 _SAFE_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
+@functools.cache
+def _field_types() -> dict[str, str]:
+    """TrainConfig's field names (in order) and types, read once: every trial of a search
+    builds several configs, and `dataclasses.fields` per value made that quadratic."""
+    return {f.name: str(f.type) for f in fields(TrainConfig)}
+
+
 def _coerce(name: str, value: Any, source: str) -> Any:
     """Convert YAML/CLI values to the field's type so 1e-4 written as '1e-4' works."""
-    types = {f.name: f.type for f in fields(TrainConfig)}
-    kind = str(types[name])
+    kind = _field_types()[name]
     if value is None:
         return None
     try:

@@ -12,6 +12,7 @@ between many runs) and never inside the training step.
 from __future__ import annotations
 
 import functools
+import io
 import json
 import math
 import random
@@ -161,7 +162,18 @@ def vision_tower_size(backbone: Backbone) -> int:
     if backbone.vision is not None:
         return sum(p.numel() for p in backbone.vision.parameters())
     assert backbone.vision_config is not None
-    return _meta_tower_size(backbone.vision_config.to_json_string())
+    known = _TOWER_SIZES.get(id(backbone.vision_config))
+    if known is not None and known[0] is backbone.vision_config:
+        return known[1]
+    size = _meta_tower_size(backbone.vision_config.to_json_string())  # JSON alone: ~0.5 ms
+    _TOWER_SIZES.clear()  # one backbone per worker process at a time
+    _TOWER_SIZES[id(backbone.vision_config)] = (backbone.vision_config, size)
+    return size
+
+
+#: id(vision config) -> (that config, its tower size); the config is held so its id stays
+#: unique. Trials on one worker share the backbone object (tuner.trainable caches it).
+_TOWER_SIZES: dict[int, tuple[Any, int]] = {}
 
 
 @functools.lru_cache(maxsize=8)
@@ -202,12 +214,14 @@ def _rng_state() -> dict[str, Any]:
 
     The checkpoint is loaded with `torch.load(weights_only=True)`, whose unpickler accepts
     tensors, numbers, strings and containers but no numpy arrays or arbitrary objects; so
-    numpy's MT19937 key array becomes an int64 tensor and Python's state plain lists.
+    numpy's MT19937 key array and Python's 625 state words become int64 tensors (one
+    tensor, not 625 pickled ints: torch.save pays per pickled object, every epoch).
     """
     py_version, py_internal, py_gauss = random.getstate()  # (int, 625 ints, float | None)
     np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
     state: dict[str, Any] = {
-        "python": {"version": int(py_version), "state": [int(v) for v in py_internal],
+        "python": {"version": int(py_version),
+                   "state": torch.tensor(py_internal, dtype=torch.int64),  # [625]
                    "gauss": None if py_gauss is None else float(py_gauss)},
         "numpy": {"kind": str(np_kind),
                   "keys": torch.from_numpy(np.asarray(np_keys, dtype=np.int64)),  # [624]
@@ -222,7 +236,9 @@ def _rng_state() -> dict[str, Any]:
 
 def _set_rng_state(state: dict[str, Any]) -> None:
     py, npy = state["python"], state["numpy"]
-    random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
+    words = py["state"]  # a tensor; a plain list in checkpoints of earlier versions
+    words = words.tolist() if isinstance(words, torch.Tensor) else words
+    random.setstate((py["version"], tuple(int(w) for w in words), py["gauss"]))
     np.random.set_state((npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"],
                          npy["has_gauss"], npy["gauss"]))
     torch.set_rng_state(state["torch"])
@@ -232,9 +248,13 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 def _atomic_save(obj: Any, path: Path) -> None:
     """torch.save under a temporary name, then renamed (a new inode per save: checkpoint
-    folders published by hard link never change afterwards)."""
-    with atomic.replacing(path) as tmp:
-        torch.save(obj, tmp)
+    folders published by hard link never change afterwards).
+
+    Serialised in memory and written with one call: torch.save straight to a file issues a
+    small write per record, which cost ~1 ms more per quick-scale checkpoint."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic.write_bytes(path, buffer.getbuffer())
 
 
 def build_optimizer(model: TimesCLIP, config: TrainConfig) -> torch.optim.Optimizer:
@@ -289,13 +309,14 @@ def fit(config: TrainConfig, data: DataBundle, *, report: ReportFn | None = None
         raise ConfigError(f"data window has {data.input_steps} steps but input_steps is "
                           f"{config.input_steps}; load the data with the same config")
     apply_threads(config)
-    seed_everything(config.seed)
     device = resolve_device(config.device)
     if log and config.precision == "bf16" and device.type == "cpu":
         # measured (benchmarks/real_size.py, a 2-core CPU without bf16 units): bf16
         # autocast made the ViT-B/16 pass 5.6x and a CLIP-Text epoch ~80x slower
         log("note: precision bf16 on a CPU: without bf16 hardware autocast is far slower "
             "than fp32 (it is meant for GPUs); use --precision fp32 here")
+    if backbone is None or (config.use_vision and vision_features is None):
+        seed_everything(config.seed)  # backbone and feature work below draw random numbers
     if backbone is None:
         # The vision tower is only needed to compute features; handed-in features skip it.
         backbone = load_backbone(config.backbone,
@@ -320,14 +341,16 @@ def fit(config: TrainConfig, data: DataBundle, *, report: ReportFn | None = None
     scheduler = build_scheduler(optimizer, config)
 
     start_epoch, best_val, best_epoch, bad_epochs = 0, math.inf, 0, 0
-    best_state = trainable_state(model)
+    # No copy of the initial weights: a fresh run's first epoch always improves on inf (a
+    # non-finite val_loss raises), so they could never be the best state.
+    best_state: dict[str, torch.Tensor] | None = None
     history: list[dict[str, float]] = []
     elapsed_before = 0.0
     if resume_from is not None:
         ck, ck_path = _load_checkpoint(resume_from)
         try:
             load_trainable_state(model, ck["model"])
-            optimizer.load_state_dict(ck["optimizer"])
+            optimizer.load_state_dict(unpack_optimizer_state(ck["optimizer"]))
             scheduler.load_state_dict(ck["scheduler"])
             start_epoch, best_val = int(ck["epoch"]), float(ck["best_val_loss"])
             best_epoch, bad_epochs = int(ck["best_epoch"]), int(ck["bad_epochs"])
@@ -426,7 +449,8 @@ def fit(config: TrainConfig, data: DataBundle, *, report: ReportFn | None = None
             writer.close()
     train_seconds = elapsed_before + time.perf_counter() - loop_start
 
-    load_trainable_state(model, best_state)
+    if best_state is not None:
+        load_trainable_state(model, best_state)
     # The best epoch's validation metrics were computed from these very weights (same
     # batches, eval mode): reuse them rather than a second pass over the val split.
     best_row = next((h for h in history if int(h["epoch"]) == best_epoch), None)
@@ -556,7 +580,8 @@ def _save_checkpoints(ckdir: Path, model: TimesCLIP, optimizer, scheduler, confi
     # at the best epoch the weights are best_state itself: the same tensors twice in one
     # file are stored once (and not cloned again)
     weights = best_state if best_epoch == epoch else trainable_state(model)
-    _atomic_save({**meta, "model": weights, "optimizer": optimizer.state_dict(),
+    _atomic_save({**meta, "model": weights,
+                  "optimizer": pack_optimizer_state(optimizer.state_dict()),
                   "scheduler": scheduler.state_dict(), "epoch": int(epoch),
                   "best_val_loss": float(best_val), "best_epoch": int(best_epoch),
                   "bad_epochs": int(bad_epochs), "best_state": best_state,
@@ -565,6 +590,60 @@ def _save_checkpoints(ckdir: Path, model: TimesCLIP, optimizer, scheduler, confi
     if improved or not (ckdir / BEST).exists():
         _atomic_save({**meta, "model": best_state, "epoch": int(best_epoch),
                       "val_loss": float(best_val)}, ckdir / BEST)
+
+
+#: Optimizer state up to this size is stored packed (see pack_optimizer_state).
+PACK_LIMIT_BYTES = 64 * 2**20
+
+
+def pack_optimizer_state(state_dict: dict[str, Any]) -> dict[str, Any]:
+    """`optimizer.state_dict()` with its per-parameter tensors joined: one flat tensor per
+    state name (Adam's step, exp_avg, exp_avg_sq) and the shapes to cut them apart again.
+
+    Why: torch.save pickles ~15 objects per tensor, each through a Python hook. At the
+    quick scale the optimizer's 66 small tensors took 2 of the ~3 ms that last.pt costs,
+    and last.pt is written after every epoch of every trial. State larger than
+    PACK_LIMIT_BYTES (real-size models, where per-tensor costs vanish) is stored as it
+    is: joining it would only copy hundreds of MB. `unpack_optimizer_state` reverses it.
+    """
+    state = state_dict["state"]
+    ids = list(state)
+    names = list(state[ids[0]]) if ids else []
+    columns: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+    for i in ids:
+        if list(state[i]) != names:
+            return state_dict
+        for name in names:
+            value = state[i][name]
+            if not isinstance(value, torch.Tensor) or value.device.type != "cpu":
+                return state_dict
+            columns[name].append(value)
+    if not ids or any(len({t.dtype for t in col}) != 1 for col in columns.values()):
+        return state_dict
+    if sum(t.numel() * t.element_size() for col in columns.values() for t in col
+           ) > PACK_LIMIT_BYTES:
+        return state_dict
+    return {"packed": {name: torch.cat([t.reshape(-1) for t in col])
+                       for name, col in columns.items()},
+            "ids": ids, "names": names,
+            "shapes": {name: [list(t.shape) for t in col] for name, col in columns.items()},
+            "param_groups": state_dict["param_groups"]}
+
+
+def unpack_optimizer_state(stored: dict[str, Any]) -> dict[str, Any]:
+    """The `optimizer.state_dict()` that `pack_optimizer_state` packed (an unpacked one,
+    e.g. from an earlier version, is returned as it is)."""
+    if "packed" not in stored:
+        return stored
+    state: dict[Any, dict[str, torch.Tensor]] = {i: {} for i in stored["ids"]}
+    for name in stored["names"]:
+        flat, shapes = stored["packed"][name], stored["shapes"][name]
+        sizes = [math.prod(shape) for shape in shapes]
+        if len(shapes) != len(state) or sum(sizes) != flat.numel():
+            raise ValueError(f"packed optimizer state {name!r} does not match its shapes")
+        for i, shape, part in zip(stored["ids"], shapes, torch.split(flat, sizes)):
+            state[i][name] = part.reshape(shape).clone()
+    return {"state": state, "param_groups": stored["param_groups"]}
 
 
 def _load_checkpoint(path: str | Path) -> tuple[dict[str, Any], Path]:

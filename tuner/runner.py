@@ -164,9 +164,8 @@ class Experiment:
             if not self.args.address:
                 resources = fit_local_resources(resources, ray.cluster_resources())
                 self._record_resources(resources)
-            features, features_ref = self._start_features(resources)
-            tuner = self._tuner(ledger, replays, to_create, features, features_ref,
-                                resources)
+            features_ref = self._start_features(resources)
+            tuner = self._tuner(ledger, replays, to_create, features_ref, resources)
             self.stop.ledger = ledger
             self.stop.in_loop = True
             # Ray's result table reader complains that result.json is missing: the journal
@@ -218,21 +217,24 @@ class Experiment:
         features, self._cache_key = lookup(self.base, self.data, directory, self.echo)
         return features
 
-    def _start_features(self, resources: dict[str, float]) -> tuple[Any, Any]:
-        """(features, None) from the cache, or (None, ObjectRef) of a Ray task computing them.
+    def _start_features(self, resources: dict[str, float]) -> Any:
+        """The ObjectRef of the frozen vision features (None without the vision branch):
+        put into the object store from the on-disk cache, or the result of a Ray task
+        computing them.
 
         The task runs while Tune starts the first trials (whose worker processes spend
         seconds importing torch and transformers); a trial waits for the features only
-        when it needs them. It gets a GPU when trials do."""
+        when it needs them. It gets a GPU when trials do. Either way the trials fetch the
+        features through the ref, once per worker process (see tuner.trainable)."""
         import ray
 
         self._features_started = time.perf_counter()
         if not self.base.use_vision:
-            return None, None
+            return None
         cached = self._cached_features()
         if cached is not None:
             self.features = cached
-            return cached, None
+            return ray.put(cached)
         gpus = min(1.0, resources["gpus_per_trial"]) if resources["gpus_per_trial"] > 0 else 0
         task = ray.remote(num_cpus=resources["cpus_per_trial"], num_gpus=gpus)(
             vision_features)
@@ -242,7 +244,7 @@ class Experiment:
         # the trials' thread count: float sums depend on it, and trials train on these
         config = self.base.replace(threads=self.base.threads or
                                    max(1, int(resources["cpus_per_trial"])))
-        return None, task.remote(config, self.data)
+        return task.remote(config, self.data)
 
     def _collect_features(self, ref: Any) -> None:
         """After the trials: fetch the features the task computed (for the test evaluation)
@@ -268,7 +270,7 @@ class Experiment:
               self.features, time.perf_counter() - self._features_started, self.echo)
 
     def _tuner(self, ledger: Any, replays: list[TrialState], to_create: int,
-               features: Any, features_ref: Any, resources: dict[str, float]) -> Any:
+               features_ref: Any, resources: dict[str, float]) -> Any:
         import optuna
         from ray import tune
         from ray.tune.search import ConcurrencyLimiter
@@ -338,7 +340,7 @@ class Experiment:
                     self.echo(f"asha: {restored} rung record(s) restored")
         search_alg = ConcurrencyLimiter(searcher, max_concurrent=budget["max_concurrent"])
         trainable = tune.with_resources(
-            tune.with_parameters(train_trial, data=self.data, features=features, setup=setup),
+            tune.with_parameters(train_trial, data=self.data, setup=setup),
             {"cpu": resources["cpus_per_trial"], "gpu": resources["gpus_per_trial"]})
         max_failures = getattr(self.args, "max_failures", DEFAULT_MAX_FAILURES)
         run_config = tune.RunConfig(
