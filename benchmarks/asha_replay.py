@@ -21,6 +21,14 @@ trial-epochs, it reports a value at least as good as the FIFO search's best, as 
 the FIFO search's trial-epochs (R, as in search_efficiency.py). Also printed: how well the
 value after k epochs ranks the trials by their final best (Spearman), i.e. how much an
 early rung can be trusted on this space and data.
+
+`--pool N [N ...]` asks the question at equal compute instead of equal trial counts (ASHA's
+purpose is to try more configurations for the same trial-epochs): the curves of all the
+given searches are pooled (comparable when they share the space, data and epochs), and
+`--bootstrap` times a FIFO search of as many trials as one given search is drawn from the
+pool, beside ASHA searches of N trials drawn independently. Printed per setting and N: the
+median share of FIFO's trial-epochs ASHA spends, and how often ASHA reaches FIFO's best
+within a third of FIFO's trial-epochs and within all of them.
 """
 
 from __future__ import annotations
@@ -122,6 +130,34 @@ def rank_agreement(curves: list[Curve], epochs: int, mode: str) -> list[float]:
         final, method="spearman")) for k in range(1, epochs + 1)]
 
 
+def pooled_comparison(pool: list[Curve], fifo_trials: int, asha_trials: int, grace: int,
+                      factor: float, max_t: int, concurrent: int, mode: str, metric: str,
+                      draws: int, seed: int = 0) -> dict[str, float]:
+    """Equal-compute comparison by resampling `pool` (see the module docstring): for each
+    draw, a FIFO search of `fifo_trials` curves and an independent ASHA search of
+    `asha_trials`; returns the median spend (ASHA's trial-epochs / FIFO's), the share of
+    draws where ASHA reached FIFO's best within a third and within all of FIFO's
+    trial-epochs, and the median R (inf: not reached)."""
+    import random
+
+    rng = random.Random(seed)
+    sign = 1.0 if mode == "min" else -1.0
+    spent, ratios = [], []
+    for _ in range(draws):
+        fifo = rng.sample(pool, fifo_trials)
+        target = sign * min(sign * v for c in fifo for v, _ in c)
+        budget = sum(len(c) for c in fifo)
+        trace = replay(rng.sample(pool, asha_trials), grace, factor, max_t, concurrent,
+                       mode, metric)
+        needed = next((n for n, b in trace if sign * b <= sign * target), None)
+        ratios.append(needed / budget if needed else math.inf)
+        spent.append(trace[-1][0] / budget)
+    return {"spent": statistics.median(spent),
+            "within_third": sum(r <= 1 / 3 for r in ratios) / draws,
+            "within_equal": sum(r <= 1 for r in ratios) / draws,
+            "median_r": statistics.median(ratios)}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -140,10 +176,17 @@ def main(argv: list[str] | None = None) -> int:
                    help="trials at a time, as in the searches (default 2)")
     p.add_argument("--metric", default="val_rmse")
     p.add_argument("--mode", choices=("min", "max"), default="min")
+    p.add_argument("--pool", type=int, nargs="+", metavar="N",
+                   help="also compare at equal compute: ASHA searches of N trials drawn "
+                        "from the pooled curves against FIFO searches of one search's size")
+    p.add_argument("--bootstrap", type=int, default=200,
+                   help="draws per setting for --pool (default 200)")
     args = p.parse_args(argv)
     if args.concurrent < 1 or min(args.grace) < 1 or min(args.factor) <= 1 or \
-            min(args.brackets) < 1 or args.draws < 1:
-        p.error("--concurrent, --grace, --brackets and --draws must be >= 1 and --factor > 1")
+            min(args.brackets) < 1 or args.draws < 1 or args.bootstrap < 1 or \
+            (args.pool and min(args.pool) < 1):
+        p.error("--concurrent, --grace, --brackets, --draws, --bootstrap and --pool must be "
+                ">= 1 and --factor > 1")
 
     runs = [(exp, read_curves(exp, args.metric)) for exp in args.experiments]
     runs = [(exp, c) for exp, c in runs if c]
@@ -183,6 +226,26 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{grace:>5} {factor:>6g} {brackets:>8}  {reached:>4}/{len(ratios):<4}  "
                       f"{'never' if math.isinf(median) else f'{median:.2f}':>8}  "
                       f"{statistics.median(spent):>22.2f}  {shown}")
+    if args.pool:
+        fifo_trials = min(len(curves) for _, curves in runs)
+        too_many = [n for n in [fifo_trials, *args.pool] if n > len(pooled)]
+        if too_many:
+            sys.exit(f"--pool: {max(too_many)} trials drawn from a pool of {len(pooled)}; "
+                     "pass more searches or a smaller N")
+        print(f"\nequal compute: ASHA searches of N trials vs FIFO searches of {fifo_trials}, "
+              f"both drawn from the {len(pooled)} pooled curves, {args.bootstrap} draws each")
+        print(f"{'grace':>5} {'factor':>6} {'N':>4}  {'spent':>6}  {'within 1/3':>10}  "
+              f"{'within 1':>8}  {'median R':>8}")
+        for grace in args.grace:
+            for factor in args.factor:
+                for n in args.pool:
+                    row = pooled_comparison(pooled, fifo_trials, n, grace, factor, max_t,
+                                            args.concurrent, args.mode, args.metric,
+                                            args.bootstrap)
+                    median = row["median_r"]
+                    print(f"{grace:>5} {factor:>6g} {n:>4}  {row['spent']:>6.2f}  "
+                          f"{row['within_third']:>10.0%}  {row['within_equal']:>8.0%}  "
+                          f"{'never' if math.isinf(median) else f'{median:.2f}':>8}")
     return 0
 
 

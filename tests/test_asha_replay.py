@@ -85,3 +85,29 @@ def test_brackets_are_replayed_with_seeded_draws(replay_mod):
                                           draw=draw)
         finals.add(round(trace[-1][1], 6))
     assert finals == {0.5, 0.9}
+
+
+def test_pooled_comparison_at_equal_compute(replay_mod):
+    """Identical curves: FIFO's best (1.0) is first reported at ASHA's 7th trial-epoch (two
+    trials interleaved, the first reaches epoch 4 on the 7th report), i.e. 7 of FIFO's 16;
+    eight ASHA trials with no early rung run every epoch: 32 of 16. In mode max the same."""
+    pool = [curve(2.0, 1.5, 1.2, 1.0) for _ in range(30)]
+    row = replay_mod.pooled_comparison(pool, fifo_trials=4, asha_trials=8, grace=4, factor=2,
+                                       max_t=4, concurrent=2, mode="min", metric="val_rmse",
+                                       draws=5)
+    assert row == {"spent": 2.0, "within_third": 0.0, "within_equal": 1.0,
+                   "median_r": pytest.approx(7 / 16)}
+    negated = [[(-v, s) for v, s in c] for c in pool]
+    assert replay_mod.pooled_comparison(negated, 4, 8, 4, 2, 4, 2, "max", "val_r2", 5) == row
+
+
+def test_pooled_comparison_sees_slow_starters_kept_by_a_later_rung(replay_mod):
+    """Half the pool starts well and stalls at 0.9; half starts worst and ends at 0.5 (it
+    is ahead from epoch 2). With the first rung after epoch 1 ASHA stops the slow starters
+    and rarely reaches FIFO's best; after epoch 2 it keeps them."""
+    pool = [curve(1.0, 0.9, 0.9, 0.9) for _ in range(20)] + \
+        [curve(3.0, 0.8, 0.7, 0.5) for _ in range(20)]
+    early = replay_mod.pooled_comparison(pool, 4, 8, 1, 2, 4, 2, "min", "val_rmse", 40)
+    late = replay_mod.pooled_comparison(pool, 4, 8, 2, 2, 4, 2, "min", "val_rmse", 40)
+    assert late["within_equal"] > early["within_equal"] + 0.2
+    assert late["within_equal"] > 0.9
