@@ -24,11 +24,11 @@ early rung can be trusted on this space and data.
 
 `--pool N [N ...]` asks the question at equal compute instead of equal trial counts (ASHA's
 purpose is to try more configurations for the same trial-epochs): the curves of all the
-given searches are pooled (comparable when they share the space, data and epochs), and
-`--bootstrap` times a FIFO search of as many trials as one given search is drawn from the
-pool, beside ASHA searches of N trials drawn independently. Printed per setting and N: the
-median share of FIFO's trial-epochs ASHA spends, and how often ASHA reaches FIFO's best
-within a third of FIFO's trial-epochs and within all of them.
+given searches are pooled (comparable when they share the space, data and epochs). Each of
+`--bootstrap` draws takes from the pool a FIFO search as large as one given search and,
+independently, an ASHA search of N trials. Printed per setting and N: the median share of
+FIFO's trial-epochs ASHA spends, and how often ASHA reaches FIFO's best within a third of
+FIFO's trial-epochs and within all of them.
 """
 
 from __future__ import annotations

@@ -136,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--space", default="quick", help="search space (default quick)")
     p.add_argument("--num-samples", type=int, help="trials per search (default 24; "
                    "--quick 8)")
+    p.add_argument("--asha-samples", type=int, help="trials per ASHA search (default: "
+                   "--num-samples); more trials compare the strategies at equal compute, "
+                   "R stays a share of random+FIFO's trial-epochs")
     p.add_argument("--max-epochs", type=int, help="epochs of a trial that is never "
                    "stopped (default 12; --quick 6)")
     p.add_argument("--grace-period", type=int, help="ASHA grace period (default: the "
@@ -149,14 +152,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="where the experiments are kept (default: a "
                    "new temp dir)")
     args = p.parse_args(argv)
-    if args.seeds < 1:
-        p.error("--seeds must be >= 1")
+    if args.seeds < 1 or (args.asha_samples is not None and args.asha_samples < 1):
+        p.error("--seeds and --asha-samples must be >= 1")
     args.num_samples = args.num_samples or (8 if args.quick else 24)
     args.max_epochs = args.max_epochs or (6 if args.quick else 12)
+    asha_args = argparse.Namespace(**{**vars(args), "num_samples": args.asha_samples
+                                      or args.num_samples})
     out = args.out or Path(tempfile.mkdtemp(prefix="search-efficiency-"))
     out.mkdir(parents=True, exist_ok=True)
     print(f"{len(args.strategies)} strategies x {args.seeds} seeds, space {args.space}, "
-          f"{args.num_samples} trials x <= {args.max_epochs} epochs, "
+          f"{args.num_samples} trials"
+          + (f" ({asha_args.num_samples} with ASHA)" if args.asha_samples else "")
+          + f" x <= {args.max_epochs} epochs, "
           f"{args.max_concurrent} concurrent; experiments in {out}", flush=True)
 
     warm = argparse.Namespace(**{**vars(args), "num_samples": 1, "max_epochs": 1,
@@ -168,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         for strategy in args.strategies:
             searcher, scheduler = STRATEGIES[strategy]
             name = f"{strategy.replace('+', '-').lower()}-s{seed}"
-            res = run_search(out, name, args, searcher, scheduler, seed)
+            res = run_search(out, name, asha_args if scheduler == "asha" else args,
+                             searcher, scheduler, seed)
             results[strategy].append(res)
             print(f"  seed {seed} {strategy:12s} trial-epochs {res['trial_epochs']:4d}  "
                   f"best val_rmse {res['best_val']:.4f}  test_rmse "
