@@ -434,3 +434,22 @@ def test_bf16_autocast_runs_changes_the_features_and_says_it_is_slow_on_cpu(
     lines.clear()
     fit(tiny_config.replace(epochs=1), small_bundle, log=lines.append)
     assert not any("bf16" in line for line in lines)
+
+
+def test_parameter_count_includes_the_vision_tower_whether_or_not_it_was_loaded(
+        small_bundle, tiny_config):
+    """A search hands fit() precomputed features and a backbone without its vision tower;
+    the frozen count still includes that tower (counted on the meta device), exactly as
+    when fit() loads the tower and encodes the features itself."""
+    from timesclip.train import compute_features
+
+    config = tiny_config.replace(epochs=1)
+    assert config.use_vision
+    own = fit(config, small_bundle)
+    without_tower = load_backbone(config.backbone, need_vision=False)
+    assert without_tower.vision is None
+    given = fit(config, small_bundle, backbone=without_tower,
+                vision_features=compute_features(config, small_bundle))
+    tower = sum(p.numel() for p in load_backbone(config.backbone).vision.parameters())
+    assert tower > 0 and without_tower.vision_tower_size == tower
+    assert given.params == own.params and own.params["frozen"] >= tower

@@ -42,7 +42,7 @@ def replacing(path: str | Path, *, mode: int = 0o644) -> Iterator[Path]:
         raise
 
 
-def write_bytes(path: str | Path, payload: bytes | memoryview) -> Path:
+def write_bytes(path: str | Path, payload: bytes) -> Path:
     """Write `payload` to `path` atomically; returns the path."""
     with replacing(path) as tmp:
         tmp.write_bytes(payload)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import os
 import socket
 from collections.abc import Iterator
@@ -52,6 +53,20 @@ class Backbone:
     # extra (compatible addition): the vision tower's config, also when the tower itself was
     # not loaded, so a model fed precomputed features still knows their width
     vision_config: CLIPVisionConfig | None = None
+
+    @functools.cached_property
+    def vision_tower_size(self) -> int:
+        """Parameters of the frozen vision tower; counted on the meta device (no memory, no
+        weights) when the tower was not loaded because its features were handed in.
+
+        Kept on the object: building even a meta-device tower costs ~10 ms, and the trials
+        a worker runs share one Backbone (tuner.trainable caches it)."""
+        if self.vision is not None:
+            return sum(p.numel() for p in self.vision.parameters())
+        assert self.vision_config is not None
+        with torch.device("meta"):
+            tower = CLIPVisionModel(copy.deepcopy(self.vision_config))  # init may edit it
+        return sum(p.numel() for p in tower.parameters())
 
 
 # ---------------------------------------------------------------------------- tiny towers
