@@ -768,3 +768,58 @@ def test_worker_fetches_the_shared_features_once_per_search(monkeypatch):
     assert fetched == ["aa"]
     assert trainable._shared_features(second) == {"train": "bb"}
     assert fetched == ["aa", "bb"] and list(trainable._FEATURES_CACHE) == ["bb"]
+
+
+_SIGTERM_IN_FINALIZER = r"""
+import os, signal, sys, time, weakref
+
+def sigterm_handler(signum, frame):  # as Ray's worker handler: raise SystemExit anywhere
+    raise SystemExit(1)
+
+signal.signal(signal.SIGTERM, sigterm_handler)
+if sys.argv[1] == "hook":
+    from tuner.trainable import quiet_sigterm_exit
+    quiet_sigterm_exit()
+
+class Broken:
+    def __del__(self):
+        raise ValueError("an ordinary unraisable error")
+
+Broken()
+
+class Thing:
+    pass
+
+def finalizer(_ref):
+    os.kill(os.getpid(), signal.SIGTERM)  # the handler runs inside this callback
+    sum(range(1000))
+
+thing = Thing()
+ref = weakref.ref(thing, finalizer)
+del thing
+for _ in range(100):  # 5 s for a SIGTERM delivered again to end the process
+    time.sleep(0.05)
+print("survived the SIGTERM", flush=True)
+"""
+
+
+@pytest.mark.parametrize("hooked", [True, False])
+def test_sigterm_in_a_finalizer_exits_quietly(hooked, tmp_path):
+    """Ray's worker SIGTERM handler raises SystemExit; arriving inside a finalizer it cannot
+    propagate, so Python prints an "Exception ignored ... SystemExit" traceback (forwarded
+    to the search's output) and the worker lives on. With the trainable's hook: nothing
+    printed, SIGTERM delivered again, and the process exits through the handler. Other
+    unraisable errors are still printed."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", _SIGTERM_IN_FINALIZER,
+                           "hook" if hooked else "plain"], capture_output=True, text=True,
+                          timeout=120, cwd=root)
+    assert "an ordinary unraisable error" in proc.stderr
+    if hooked:
+        assert proc.returncode == 1, proc.stderr
+        assert "SystemExit" not in proc.stderr and "survived" not in proc.stdout
+    else:  # what the hook is for: the traceback, and a process that does not exit
+        assert "SystemExit" in proc.stderr and "survived" in proc.stdout

@@ -487,6 +487,9 @@ def make_sampler(searcher: str, seed: int, *,
 def vision_features(config: TrainConfig, data: Any) -> dict[str, Any] | None:
     """The search's one vision pass (a Ray task; its progress lines reach the driver)."""
     from timesclip.train import compute_features
+    from tuner.trainable import quiet_sigterm_exit
+
+    quiet_sigterm_exit()
 
     return compute_features(config, data, progress="vision features")
 

@@ -20,7 +20,10 @@ import math
 import os
 import re
 import shutil
+import signal
+import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +82,46 @@ def _shared_features(ref: Any) -> dict[str, torch.Tensor]:
         _FEATURES_CACHE.clear()  # one search's features per process
         _FEATURES_CACHE[key] = features
     return _FEATURES_CACHE[key]
+
+
+def quiet_sigterm_exit() -> None:
+    """Install (once per process) an unraisable-exception hook for Ray's worker SIGTERM.
+
+    When Tune ends a trial's actor, its raylet sends the worker SIGTERM, and Ray's handler
+    raises SystemExit wherever the main thread is. If that is inside a finalizer (a weakref
+    callback during garbage collection), Python cannot raise it: it prints an
+    "Exception ignored in ... SystemExit" traceback, which Ray forwards to the search's
+    output, and the worker does not exit. This hook takes only that case: it prints
+    nothing and delivers SIGTERM again a moment later, from another thread, so that Ray's
+    handler runs once the finalizer (and this hook) have returned and exits the worker the
+    way Ray meant to. (Raising it here would land inside this hook: Python checks for
+    signals right after `raise_signal`.) Every other unraisable exception goes to the
+    previous hook.
+    """
+    if getattr(sys.unraisablehook, "_sigterm_exit", False):
+        return
+    previous = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        if isinstance(unraisable.exc_value, SystemExit) and \
+                _from_sigterm_handler(unraisable.exc_traceback):
+            again = threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGTERM))
+            again.daemon = True
+            again.start()
+            return
+        previous(unraisable)
+
+    hook._sigterm_exit = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
+
+
+def _from_sigterm_handler(tb: Any) -> bool:
+    """Whether a traceback passes through a SIGTERM handler (Ray's is `sigterm_handler`)."""
+    while tb is not None:
+        if tb.tb_frame.f_code.co_name == "sigterm_handler":
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def trial_dirname(tid: str, params: dict[str, Any], limit: int = 64) -> str:
@@ -163,6 +206,7 @@ def journal_checkpoint(setup: dict[str, Any], tid: str | None, trial_dir: Path
 def train_trial(trial_params: dict[str, Any], *, data: DataBundle, setup: dict[str, Any]
                 ) -> None:
     """Ray Tune function trainable (wrapped with tune.with_parameters by tuner.search)."""
+    quiet_sigterm_exit()
     config = resolve_trial_config(trial_params, setup)
     if config.threads == 0:  # the trial's CPUs, recorded so a re-run uses them too
         config = config.replace(threads=max(1, int(setup.get("cpus_per_trial", 1))))
