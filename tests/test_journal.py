@@ -699,6 +699,26 @@ def test_published_checkpoints_are_frozen_links_and_the_newest_three_stay(tmp_pa
     assert (trial_dir / "checkpoint_000005" / "last.pt").read_text() == "last-5-again"
 
 
+def test_an_ended_trial_keeps_its_newest_checkpoints_and_the_journals(tmp_path):
+    """When a trial ends the driver keeps its newest folders plus the one the journal names
+    (a trial ended at an older checkpoint than a lost run's later ones), and removes what a
+    killed run left: fit()'s working folder and a half-published checkpoint."""
+    from tuner.runner import prune_checkpoints
+
+    trial_dir = tmp_path / "t0000"
+    for epoch in range(1, 7):
+        (trial_dir / f"checkpoint_{epoch:06d}").mkdir(parents=True)
+    leftovers = [trial_dir / ".fit-abc", trial_dir / ".checkpoint_000007-x"]
+    for path in leftovers:
+        path.mkdir()
+    prune_checkpoints(trial_dir, "checkpoint_000002")
+    assert sorted(p.name for p in trial_dir.iterdir()) == [
+        "checkpoint_000002", "checkpoint_000004", "checkpoint_000005", "checkpoint_000006"]
+    prune_checkpoints(trial_dir, None)
+    assert sorted(p.name for p in trial_dir.iterdir()) == [
+        "checkpoint_000004", "checkpoint_000005", "checkpoint_000006"]
+
+
 def test_a_repeated_epoch_is_neither_journaled_nor_ranked(tmp_path):
     """A retry with nothing left to train sends its last journaled epoch again (marked
     `repeat`) so Ray can close it: ASHA continues it, the journal and the rungs stay put."""

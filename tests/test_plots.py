@@ -17,12 +17,12 @@ import pandas as pd
 import pytest
 import torch
 
+from timesclip.inference import load_for_inference, predict_with_attention
 from timesclip.metrics import regression_metrics
 from timesclip.plots import (
     attention_frame,
     plot_attention,
     plot_predicted_vs_actual,
-    predict_with_attention,
     predictions_frame,
     read_attention,
     read_predictions,
@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, small_bundle, tiny_config):
     """best.pt of a one-epoch tiny run with variate selection (the default config)."""
-    from timesclip.train import fit, load_for_inference
+    from timesclip.train import fit
 
     out = tmp_path_factory.mktemp("trained")
     fit(tiny_config.replace(epochs=1), small_bundle, checkpoint_dir=out, evaluate_test=False)
@@ -46,8 +46,8 @@ def trained(tmp_path_factory, small_bundle, tiny_config):
 
 def test_predictions_score_like_evaluate_and_attention_is_the_sample_mean(trained,
                                                                           small_bundle):
+    from timesclip.inference import evaluate_arrays
     from timesclip.model import compute_vision_features
-    from timesclip.train import evaluate_arrays
 
     t = trained
     x_raw, y_raw = small_bundle.test.x_raw, small_bundle.test.y_raw
@@ -75,7 +75,7 @@ def test_predictions_score_like_evaluate_and_attention_is_the_sample_mean(traine
 
 
 def test_no_variate_selection_means_no_attention(small_bundle, tiny_config, tmp_path):
-    from timesclip.train import fit, load_for_inference
+    from timesclip.train import fit
 
     config = tiny_config.replace(epochs=1, use_variate_selection=False)
     fit(config, small_bundle, checkpoint_dir=tmp_path, evaluate_test=False)

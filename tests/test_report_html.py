@@ -301,15 +301,13 @@ def test_an_unreadable_predictions_file_is_a_note_and_keeps_the_attention(
 
 def test_page_never_rescores_the_test_split(page_exp, small_bundle, tmp_path, monkeypatch):
     """The report reads the stored predictions; loading a model would be a re-score."""
-    import timesclip.plots
-    import timesclip.train
+    import timesclip.inference
 
     def forbidden(*args, **kwargs):
         raise AssertionError("the report must not run a model")
 
-    monkeypatch.setattr(timesclip.train, "load_for_inference", forbidden)
-    monkeypatch.setattr(timesclip.train, "evaluate_arrays", forbidden)
-    monkeypatch.setattr(timesclip.plots, "predict_with_attention", forbidden)
+    for name in ("load_for_inference", "evaluate_arrays", "predict_with_attention"):
+        monkeypatch.setattr(timesclip.inference, name, forbidden)
     exp = _copy(page_exp, tmp_path / "noscore")
     paths = build_report(exp, data_bundle=small_bundle, echo=lambda _: None)
     assert "predicted_vs_actual.png" in paths.index_html.read_text()

@@ -36,7 +36,7 @@ def test_fit_reports_each_epoch_with_contract_names(small_bundle, tiny_config, t
     assert set(result.val) == {"rmse", "mae", "r2", "mape"} and result.test is not None
     assert result.params == expected_params(tiny_config, len(small_bundle.bands))
     # the reported val metrics are those of the saved best model, scored afresh
-    from timesclip.train import evaluate_arrays, load_for_inference
+    from timesclip.inference import evaluate_arrays, load_for_inference
 
     model, config, scaler, _, backbone = load_for_inference(tmp_path / "ck", device="cpu")
     fresh = evaluate_arrays(model, config, scaler, backbone, small_bundle.val.x_raw,
@@ -323,7 +323,8 @@ def test_resume_restores_the_lr_scheduler(small_bundle, tiny_config, tmp_path, s
 def test_metrics_are_in_the_yields_own_units(small_bundle, tiny_config, tmp_path):
     """Recompute the validation metrics by hand from the best checkpoint's predictions,
     de-normalised with the training split's mean and standard deviation."""
-    from timesclip.train import compute_features, load_for_inference, predict
+    from timesclip.inference import load_for_inference
+    from timesclip.train import compute_features, predict
 
     result = fit(tiny_config.replace(epochs=2), small_bundle, checkpoint_dir=tmp_path)
     model, config, _, _, _ = load_for_inference(tmp_path, device="cpu")

@@ -199,9 +199,8 @@ def _check_writable(out: Path) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from timesclip.data import load_bundle, load_csvs
+    from timesclip.inference import load_for_inference, predict_with_attention
     from timesclip.metrics import regression_metrics
-    from timesclip.plots import predict_with_attention
-    from timesclip.train import load_for_inference
 
     model, config, scaler, bands, backbone = load_for_inference(args.checkpoint, args.device)
     # The model's own bands, in its order: a config that auto-detected its bands (bands None)

@@ -4,8 +4,9 @@ Two users share this module: `python -m timesclip evaluate --plots DIR` (any sav
 and the search report (`tuner.report_html`), which draws the exported configuration's test
 predictions from the plain files the search wrote when it scored the test split once.
 So the numbers (predictions, the band-to-band attention) and the figures drawn from them are
-separate steps: numbers are computed here from a model, stored as CSV, and figures are drawn
-from the CSV only — a report never needs the model or the test split again.
+separate steps: numbers come from a model (`timesclip.inference.predict_with_attention`),
+are stored as CSV here, and figures are drawn from the CSV only — a report never needs the
+model or the test split again.
 
 Figures are plain matplotlib `Figure` objects (no pyplot state, no display needed), each
 stamped with a caption line that names the data and backbone it came from, so a PNG copied
@@ -17,20 +18,14 @@ from __future__ import annotations
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TextIO
 
 import numpy as np
 import pandas as pd
-import torch
 from matplotlib.figure import Figure
 from matplotlib.layout_engine import ConstrainedLayoutEngine
 
 from timesclip import atomic
-from timesclip.config import TrainConfig
-from timesclip.data import Scaler
 from timesclip.metrics import regression_metrics
-from timesclip.model import Backbone, TimesCLIP, compute_vision_features
-from timesclip.progress import QUIET_SECONDS, progress_bar
 
 #: Columns of a predictions CSV (one row per sample; `row` indexes the loaded data table).
 PREDICTION_COLUMNS = ("row", "year", "y_true", "y_pred")
@@ -40,54 +35,7 @@ ATTENTION_INDEX = "band"
 ROW_SUM_TOLERANCE = 1e-4
 
 
-# ---------------------------------------------------------------------------- numbers
-@torch.no_grad()
-def predict_with_attention(model: TimesCLIP, config: TrainConfig, scaler: Scaler,
-                           backbone: Backbone, x_raw: np.ndarray, *, batch_size: int = 256,
-                           features: torch.Tensor | None = None,
-                           image_batch: int | None = None,
-                           progress: str | None = "vision features (evaluate)",
-                           progress_file: TextIO | None = None
-                           ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Predictions [N] in the target's own units and the variate-selection attention [V, V]
-    averaged over the N samples (None when the model has no variate selection).
-
-    Inputs are scaled with the TRAINING scaler, exactly as `timesclip.train.evaluate_arrays`
-    scores them, so metrics computed from these predictions are the evaluation's metrics.
-    Each sample's attention rows sum to 1 (softmax over keys, eval mode: no dropout), so the
-    rows of the mean do too. `features` [N, V, Hv]: the frozen vision features of exactly
-    these windows when the caller has them (no vision pass then).
-    """
-    device = next(model.parameters()).device
-    feats = None
-    if config.use_vision and features is not None:
-        feats = features.to(device)  # [N, V, Hv]
-    elif config.use_vision:
-        assert backbone.vision is not None, "use_vision needs the backbone's vision tower"
-        n_images = int(x_raw.shape[0]) * int(x_raw.shape[2])
-        with progress_bar(n_images, progress, unit="img", file=progress_file,
-                          delay=QUIET_SECONDS) as bar:
-            feats = compute_vision_features(
-                x_raw, backbone.vision, image_size=config.image_size or backbone.image_size,
-                line_width=config.line_width, image_batch=image_batch, device=device,
-                progress=bar.update, precision=config.precision).to(device)  # [N, V, Hv]
-    x = torch.as_tensor(scaler.transform_x(x_raw), device=device)  # [N, T, V]
-    model.eval()
-    preds: list[torch.Tensor] = []
-    attention_sum: torch.Tensor | None = None
-    for i in range(0, len(x), batch_size):
-        out = model(x[i:i + batch_size], None if feats is None else feats[i:i + batch_size])
-        preds.append(out.y_pred.float().cpu())  # [b]
-        if out.attention is not None:
-            batch_sum = out.attention.detach().double().sum(dim=0).cpu()  # [V, V]
-            attention_sum = batch_sum if attention_sum is None else attention_sum + batch_sum
-    if not preds:
-        raise ValueError("no samples to predict")
-    y_pred = scaler.inverse_y(torch.cat(preds).numpy())  # [N] own units
-    attention = None if attention_sum is None else (attention_sum / len(x)).numpy()
-    return y_pred, attention
-
-
+# ---------------------------------------------------------------------------- tables
 def predictions_frame(y_true: np.ndarray, y_pred: np.ndarray, years: np.ndarray,
                       rows: np.ndarray | None = None) -> pd.DataFrame:
     """One row per sample: row (index into the data table), year, y_true, y_pred."""
@@ -265,6 +213,6 @@ def write_evaluation_plots(out_dir: str | Path, predictions: pd.DataFrame,
 
 
 __all__ = ["ATTENTION_INDEX", "PREDICTION_COLUMNS", "attention_frame", "plot_attention",
-           "plot_predicted_vs_actual", "predict_with_attention", "predictions_frame",
+           "plot_predicted_vs_actual", "predictions_frame",
            "read_attention", "read_predictions", "save_figure", "stamp", "write_csv",
            "write_evaluation_plots"]

@@ -539,7 +539,7 @@ def _save_checkpoints(ckdir: Path, model: TimesCLIP, optimizer, scheduler, confi
     """Write last.pt (everything resume needs) and, on improvement, best.pt.
 
     Both hold tensors and plain Python data only, so `torch.load(weights_only=True)` reads
-    them (see `_safe_load`); numpy scalars or arrays would make that load refuse the file.
+    them (see `safe_load`); numpy scalars or arrays would make that load refuse the file.
     """
     meta = {"config": config.to_dict(), "scaler": data.scaler.to_dict(),
             "bands": [str(b) for b in data.bands], "data_fingerprint": str(data.fingerprint),
@@ -622,10 +622,10 @@ def _load_checkpoint(path: str | Path) -> tuple[dict[str, Any], Path]:
         path = path / LAST
     if not path.exists():
         raise ConfigError(f"no checkpoint at {path}: pass the directory that holds {LAST}")
-    return _safe_load(path, f"pass the directory of a run that holds its {LAST}"), path
+    return safe_load(path, f"pass the directory of a run that holds its {LAST}"), path
 
 
-def _safe_load(path: Path, fix: str) -> dict[str, Any]:
+def safe_load(path: Path, fix: str) -> dict[str, Any]:
     """torch.load restricted to tensors and plain data (weights_only=True).
 
     A checkpoint may come from anywhere (a copied experiment folder, a download); a full
@@ -649,49 +649,5 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-# ---------------------------------------------------------------------------- evaluation
-def load_for_inference(checkpoint: str | Path, device: str = "auto"
-                       ) -> tuple[TimesCLIP, TrainConfig, Scaler, list[str], Backbone]:
-    """Rebuild a trained model from `best.pt` (or a directory holding it)."""
-    path = Path(checkpoint)
-    if path.is_dir():
-        path = path / BEST
-    if not path.exists():
-        raise ConfigError(f"no checkpoint at {path}: pass a training --out directory or its "
-                          f"{BEST}")
-    ck = _safe_load(path, f"pass a training --out directory or its {BEST}")
-    try:
-        config = TrainConfig.from_dict(ck["config"], source=str(path))
-        scaler, bands = Scaler.from_dict(ck["scaler"]), list(ck["bands"])
-    except ConfigError as exc:  # a stored config that this version rejects
-        raise ConfigError(f"{path}: the stored configuration is not valid: {exc}") from None
-    except Exception as exc:  # missing keys, wrong types: not a checkpoint fit() wrote
-        raise ConfigError(f"{path} is not a timesclip checkpoint ({type(exc).__name__}); "
-                          f"pass a training --out directory or its {BEST}") from None
-    config = config.replace(device=device) if device != "auto" else config
-    backbone = load_backbone(config.backbone, need_vision=config.use_vision)
-    torch.manual_seed(config.seed)
-    model = TimesCLIP(config, n_variates=len(bands), backbone=backbone)
-    load_trainable_state(model, ck["model"])
-    return model.to(resolve_device(config.device)), config, scaler, bands, backbone
-
-
-def evaluate_arrays(model: TimesCLIP, config: TrainConfig, scaler: Scaler, backbone: Backbone,
-                    x_raw: np.ndarray, y_raw: np.ndarray, *, image_batch: int | None = None,
-                    progress: str | None = "vision features (evaluate)",
-                    progress_file: TextIO | None = None) -> dict[str, float]:
-    """Score a trained model on raw windows [N, T, V] with the TRAINING scaler: the metrics
-    of `timesclip.plots.predict_with_attention`'s predictions (one code path for both).
-
-    The vision pass shows progress like `compute_features` (pass progress_file=sys.stderr
-    when stdout carries the result)."""
-    from timesclip.plots import predict_with_attention
-
-    y_pred, _ = predict_with_attention(model, config, scaler, backbone, x_raw,
-                                       image_batch=image_batch, progress=progress,
-                                       progress_file=progress_file)
-    return regression_metrics(y_raw, y_pred)
-
-
-__all__ = ["EPOCH_METRICS", "FitResult", "compute_features", "evaluate_arrays", "feature_key",
-           "fit", "load_for_inference", "predict", "resolve_device"]
+__all__ = ["BEST", "EPOCH_METRICS", "FitResult", "LAST", "compute_features", "feature_key", "fit",
+           "predict", "resolve_device", "safe_load"]

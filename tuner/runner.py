@@ -412,14 +412,9 @@ class Experiment:
         and the mean variate-selection attention, stored as plain CSV next to
         best_test.json (written last: it marks the scoring as done), so the report reads
         them and never scores the test split again."""
+        from timesclip.inference import load_for_inference, predict_with_attention
         from timesclip.metrics import regression_metrics
-        from timesclip.plots import (
-            attention_frame,
-            predict_with_attention,
-            predictions_frame,
-            write_csv,
-        )
-        from timesclip.train import load_for_inference
+        from timesclip.plots import attention_frame, predictions_frame, write_csv
 
         path = self.exp_dir / BEST_TEST_FILE
         best = select_best(state, self.metric, self.mode)
@@ -494,14 +489,13 @@ def vision_features(config: TrainConfig, data: Any) -> dict[str, Any] | None:
     return compute_features(config, data, progress="vision features")
 
 
-def prune_checkpoints(trial_dir: Path, keep_name: str | None, keep: int = 3) -> None:
-    """After a trial ended, keep its newest `keep` checkpoints (always the one the journal
-    names), and drop the working folders a killed run left (a trial closed at resume never
-    runs again to remove them)."""
-    from tuner.trainable import CHECKPOINT_PREFIX, WORK_PREFIX
+def prune_checkpoints(trial_dir: Path, keep_name: str | None) -> None:
+    """After a trial ended, keep its newest checkpoints (always the one the journal names),
+    and drop the working folders a killed run left (a trial closed at resume never runs
+    again to remove them)."""
+    from tuner.trainable import CHECKPOINT_PREFIX, WORK_PREFIX, old_checkpoints
 
-    found = sorted(p for p in trial_dir.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir())
-    for path in found[:-keep]:
+    for path in old_checkpoints(trial_dir):
         if path.name != keep_name:
             shutil.rmtree(path, ignore_errors=True)
     for path in [*trial_dir.glob(f"{WORK_PREFIX}*"), *trial_dir.glob(f".{CHECKPOINT_PREFIX}*")]:

@@ -42,6 +42,8 @@ TID_KEY = "trial_id"  # same as tuner.tracking.TID_KEY (kept here: no driver imp
 #: The result key naming the checkpoint folder of a reported epoch (journaled as `ckpt`).
 CKPT_KEY = "ckpt"
 CHECKPOINT_PREFIX = "checkpoint_"
+#: Checkpoint folders a trial keeps: its newest ones (always with the journal's among them).
+KEEP_CHECKPOINTS = 3
 #: fit()'s working checkpoint folder inside the trial folder (removed when the trial ends).
 WORK_PREFIX = ".fit-"
 
@@ -281,7 +283,14 @@ def train_trial(trial_params: dict[str, Any], *, data: DataBundle, setup: dict[s
         shutil.rmtree(work, ignore_errors=True)
 
 
-def publish_checkpoint(source: Path, trial_dir: Path, epoch: int, keep: int = 3) -> str:
+def old_checkpoints(trial_dir: Path, keep: int = KEEP_CHECKPOINTS) -> list[Path]:
+    """The trial's checkpoint folders beyond its newest `keep`, oldest first."""
+    found = sorted(p for p in trial_dir.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir())
+    return found[:-keep]
+
+
+def publish_checkpoint(source: Path, trial_dir: Path, epoch: int,
+                       keep: int = KEEP_CHECKPOINTS) -> str:
     """Publish fit()'s checkpoint files of `epoch` as `trial_dir/checkpoint_<epoch>`; returns
     that folder's name (the result's `ckpt`, which the journal records).
 
@@ -304,8 +313,8 @@ def publish_checkpoint(source: Path, trial_dir: Path, epoch: int, keep: int = 3)
             except OSError:  # a filesystem without hard links
                 shutil.copy2(path, tmp / path.name)
     tmp.replace(dest)
-    for old in sorted(trial_dir.glob(f"{CHECKPOINT_PREFIX}*"))[:-keep]:
-        if old.is_dir() and old.name < name:
+    for old in old_checkpoints(trial_dir, keep):
+        if old.name < name:  # never a newer folder (left by a run whose result was lost)
             shutil.rmtree(old, ignore_errors=True)
     return name
 
