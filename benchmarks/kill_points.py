@@ -21,7 +21,7 @@ driver SIGKILLs itself right after journaling its k-th result — and finished w
   equal the reference's, exactly.
 
 Numbers are counted from the experiment's own files (journal, TensorBoard event files,
-`trials.parquet`, `optuna.db`), not from the driver's output.
+`trials.parquet`, `optuna.journal`), not from the driver's output.
 """
 
 from __future__ import annotations
@@ -97,13 +97,14 @@ def outcomes(exp: Path):
 def study_matches_table(exp: Path) -> bool:
     import optuna
 
-    from tuner.journal import load_state
+    from tuner.journal import OPTUNA_JOURNAL, load_state
+    from tuner.study import open_stored_study
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     state = load_state(exp)
     table = outcomes(exp)
     meta = json.loads((exp / "search_meta.json").read_text())
-    study = optuna.load_study(study_name=meta["name"], storage=f"sqlite:///{exp / 'optuna.db'}")
+    study = open_stored_study(exp / OPTUNA_JOURNAL, meta["name"])
     trials = study.get_trials(deepcopy=False)
     if len(trials) != len(table):
         return False

@@ -117,7 +117,8 @@ def check_consistent(exp: Path, num_samples: int) -> dict[str, Any]:
     """
     import optuna
 
-    from tuner.journal import TRIALS_DIR, load_state
+    from tuner.journal import OPTUNA_JOURNAL, TRIALS_DIR, load_state
+    from tuner.study import open_stored_study
 
     events = journal_events(exp)
     state = load_state(exp)
@@ -142,9 +143,8 @@ def check_consistent(exp: Path, num_samples: int) -> dict[str, Any]:
     assert sorted(table["trial_id"]) == sorted(state.trials)
     assert (table["status"] != "ERROR").all(), table[["trial_id", "status", "error"]]
 
-    study = optuna.load_study(study_name=json.loads((exp / "search_meta.json").read_text()
-                                                    )["name"],
-                              storage=f"sqlite:///{exp / 'optuna.db'}")
+    study = open_stored_study(exp / OPTUNA_JOURNAL,
+                              json.loads((exp / "search_meta.json").read_text())["name"])
     trials = study.get_trials(deepcopy=False)
     assert len(trials) == num_samples
     by_id = {row["trial_id"]: row for _, row in table.iterrows()}

@@ -539,9 +539,11 @@ def _suggest(trial: optuna.Trial, index: int) -> dict[str, Any]:
 
 
 def test_rebuild_study_holds_exactly_the_journaled_trials(tmp_path):
-    db = tmp_path / "optuna.db"
-    storage_url = f"sqlite:///{db}"
-    study = optuna.create_study(storage=storage_url, study_name="exp", direction="minimize",
+    from tuner.study import study_storage
+
+    db = tmp_path / "optuna.journal"
+    study = optuna.create_study(storage=study_storage(db), study_name="exp",
+                                direction="minimize",
                                 sampler=optuna.samplers.RandomSampler(seed=1))
     journal = Journal(tmp_path / JOURNAL_FILE, 1)
     ledger = Ledger(journal, ExperimentState(), metric="val_rmse", mode="min", max_epochs=4,
@@ -575,9 +577,12 @@ def test_rebuild_study_holds_exactly_the_journaled_trials(tmp_path):
     assert len(study.trials) == 7
 
     state = replay(read_events(tmp_path / JOURNAL_FILE))
+    lock = tmp_path / "optuna.journal.lock"
+    os.symlink(db, lock)  # Optuna's lock, left by a driver killed while appending
     ids = rebuild_study(db, study_name="exp", direction="minimize", state=state,
                         replays=state.unfinished, metric="val_rmse")
-    rebuilt = optuna.load_study(study_name="exp", storage=storage_url)
+    assert not os.path.lexists(lock)  # stale: the next append would wait 30 s for it
+    rebuilt = optuna.load_study(study_name="exp", storage=study_storage(db))
     trials = rebuilt.trials
     assert [t.number for t in trials] == [0, 1, 2, 3, 4, 5]
     assert [t.user_attrs["trial_id"] for t in trials] == [f"t{i:04d}" for i in range(6)]
@@ -600,13 +605,13 @@ def test_rebuild_study_holds_exactly_the_journaled_trials(tmp_path):
     assert failed.value is None and failed.user_attrs["status"] == ERROR
     assert running.intermediate_values == {1: 0.9} and pending.intermediate_values == {}
     assert ids == {"t0004": running._trial_id, "t0005": pending._trial_id}
-    assert not list(tmp_path.glob(".optuna.db.rebuild-*"))
+    assert not list(tmp_path.glob(".optuna.journal.rebuild-*"))
     # The resumed trials can be reported to and told, as the searcher does.
     resumed = optuna.trial.Trial(rebuilt, ids["t0004"])
     resumed.report(0.85, 2)
     rebuilt.tell(resumed, 0.85)
-    assert optuna.load_study(study_name="exp", storage=storage_url).trials[4].state == \
-        OptunaState.COMPLETE
+    assert optuna.load_study(study_name="exp", storage=study_storage(db)).trials[4].state \
+        == OptunaState.COMPLETE
 
 
 # ------------------------------------------------------------------------------ sampler RNG

@@ -1,5 +1,5 @@
 """report/index.html and the data behind each figure, on experiment folders written without
-Ray (the journal through the real writer, a real sqlite Optuna study, the CSVs the search
+Ray (the journal through the real writer, a real Optuna study journal, the CSVs the search
 stores when it scores the test split).
 
 Every expectation is computed from the plan below, not read back from the code under test.
@@ -19,7 +19,7 @@ import pytest
 from journal_fixtures import ExperimentWriter, rmse_metrics
 
 from timesclip.plots import attention_frame, predictions_frame, write_csv
-from tuner.journal import load_state, read_events
+from tuner.journal import LEGACY_OPTUNA_DB, OPTUNA_JOURNAL, load_state, read_events
 from tuner.report_html import (
     FIGURES_DIR,
     importance_reason,
@@ -29,6 +29,7 @@ from tuner.report_html import (
     search_history,
 )
 from tuner.results import build_report, trials_table
+from tuner.study import study_storage
 
 MAX_EPOCHS = 4
 NAME = "page"
@@ -79,7 +80,7 @@ def write_page_experiment(exp: Path, bundle, paths, base, *, interrupted: bool =
     w = ExperimentWriter(exp, _meta(bundle, paths, base, num_samples=len(PLAN)))
     w.driver_start(1, 100.0)
     t = 100.0
-    study = optuna.create_study(study_name=NAME, storage=f"sqlite:///{exp / 'optuna.db'}",
+    study = optuna.create_study(study_name=NAME, storage=study_storage(exp / OPTUNA_JOURNAL),
                                 direction="minimize")
     for tid, (params, ostate, plan, (status, stopped_by)) in PLAN.items():
         t += 1
@@ -205,8 +206,8 @@ def test_importance_needs_two_complete_trials_and_a_varying_parameter(tmp_path):
              "use_contrastive": optuna.distributions.CategoricalDistribution([True, False])}
 
     def study(name: str, trials: list[tuple[float, bool, float | None]]) -> Path:
-        db = tmp_path / f"{name}.db"
-        s = optuna.create_study(study_name=name, storage=f"sqlite:///{db}")
+        db = tmp_path / f"{name}.journal"
+        s = optuna.create_study(study_name=name, storage=study_storage(db))
         for lr, con, value in trials:
             s.add_trial(optuna.trial.create_trial(
                 params={"lr": lr, "use_contrastive": con}, distributions=dists, value=value,
@@ -228,25 +229,49 @@ def test_importance_needs_two_complete_trials_and_a_varying_parameter(tmp_path):
 
 def test_study_is_opened_read_only(page_exp, tmp_path):
     exp = _copy(page_exp, tmp_path / "ro")
-    db = exp / "optuna.db"
+    db = exp / OPTUNA_JOURNAL
     before = db.read_bytes()
     db.chmod(0o444)
     view = open_study(db, NAME)
     assert view.complete == 3 and view.pruned == 3
     assert view.varying == ["lr", "use_contrastive"]  # temperature is not in every trial
+    with pytest.raises(PermissionError, match="read-only"):  # no write can get through
+        view.study.set_user_attr("note", "x")
     assert db.read_bytes() == before
+    assert sorted(p.name for p in exp.glob("optuna.journal*")) == [OPTUNA_JOURNAL]
+
+
+def test_an_earlier_versions_sqlite_study_is_still_read(page_exp, small_bundle, tmp_path):
+    """Experiments of earlier versions hold optuna.db (SQLite): the report reads it,
+    read-only, when there is no optuna.journal."""
+    import optuna
+
+    exp = _copy(page_exp, tmp_path / "legacy")
+    legacy = exp / LEGACY_OPTUNA_DB
+    optuna.copy_study(from_study_name=NAME, to_study_name=NAME,
+                      from_storage=study_storage(exp / OPTUNA_JOURNAL, read_only=True),
+                      to_storage=f"sqlite:///{legacy}")
+    (exp / OPTUNA_JOURNAL).unlink()
+    before = legacy.read_bytes()
+    legacy.chmod(0o444)
+    view = open_study(legacy, NAME)
+    assert view.complete == 3 and view.pruned == 3
+    assert view.varying == ["lr", "use_contrastive"]
+    paths = build_report(exp, data_bundle=small_bundle, echo=lambda _: None)
+    assert "param_importance.png" in paths.index_html.read_text()
+    assert legacy.read_bytes() == before and not (exp / OPTUNA_JOURNAL).exists()
 
 
 def test_an_unreadable_study_is_a_note_and_stays_untouched(page_exp, small_bundle,
                                                            tmp_path):
-    """An empty optuna.db (a copy cut short): opened read-only, nothing is created in it."""
+    """An empty optuna.journal (a copy cut short): opened read-only, nothing written."""
     exp = _copy(page_exp, tmp_path / "empty-db")
-    (exp / "optuna.db").write_bytes(b"")
+    (exp / OPTUNA_JOURNAL).write_bytes(b"")
     paths = build_report(exp, data_bundle=small_bundle, echo=lambda _: None)
     html = paths.index_html.read_text()
     assert "The Optuna study could not be read" in html
     assert "param_importance.png" not in html and "search_history.png" in html
-    assert (exp / "optuna.db").stat().st_size == 0
+    assert (exp / OPTUNA_JOURNAL).stat().st_size == 0
 
 
 # ------------------------------------------------------------------------------ the page

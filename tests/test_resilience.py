@@ -103,10 +103,21 @@ def test_graceful_stop_exit_code_message_and_resume(how, tmp_path, small_csvs):
     drivers = [e for e in journal_events(exp) if e["ev"] == "driver_end"]
     assert drivers[-1]["how"] == "interrupted" and drivers[-1]["signal"] == sig
 
+    if how == "ctrl-c":  # as an earlier version left it: the study in SQLite
+        import optuna
+
+        from tuner.study import study_storage
+
+        optuna.copy_study(from_study_name=name, to_study_name=name,
+                          from_storage=study_storage(exp / "optuna.journal", read_only=True),
+                          to_storage=f"sqlite:///{exp / 'optuna.db'}")
+        (exp / "optuna.journal").unlink()
     resumed, wall = cli(*command[2:], timeout=600)
     out = ok(resumed)
     print(f"[wall] resume after {how}: {wall:.1f}s")
     assert f"resuming: {ended} trial(s) ended and kept" in out
+    if how == "ctrl-c":  # replaced by the study rebuilt from the journal
+        assert "the study moved from optuna.db" in out and not (exp / "optuna.db").exists()
     assert out.count("test (evaluated once)") == 1
     counts = check_consistent(exp, SAMPLES)
     assert counts["drivers"] == 2 and counts["interruptions"] == 1

@@ -24,7 +24,9 @@ import pandas as pd
 import pytest
 import yaml
 
+from tuner.journal import OPTUNA_JOURNAL
 from tuner.results import CONTRACT_COLUMNS
+from tuner.study import open_stored_study
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENT = "t"
@@ -145,7 +147,7 @@ def test_acceptance_optuna_recorded_every_trial(acceptance):
     import optuna
 
     exp = acceptance["exp"]
-    study = optuna.load_study(study_name=EXPERIMENT, storage=f"sqlite:///{exp / 'optuna.db'}")
+    study = open_stored_study(exp / OPTUNA_JOURNAL, EXPERIMENT)
     trials = study.get_trials(deepcopy=False)
     assert len(trials) == NUM_SAMPLES
     states = [t.state for t in trials]
@@ -396,7 +398,7 @@ def test_failing_trial_is_reported_and_search_finishes(tmp_path, small_csvs):
     assert stdout.count("(not retried)") == n_bad
 
     exp = tmp_path / "nan"
-    study = optuna.load_study(study_name="nan", storage=f"sqlite:///{exp / 'optuna.db'}")
+    study = open_stored_study(exp / OPTUNA_JOURNAL, "nan")
     trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
     assert [float(t.params["lr"]) for t in trials] == lrs  # the prediction was right
     # a diverged trial is PRUNED for the sampler (ranked below every completed trial)

@@ -43,8 +43,11 @@ TRIALS_DIR = "trials"
 #: the resume read them); final.json only when its fit() returned.
 TRAIN_CONFIG_FILE = "train_config.yaml"
 FINAL_FILE = "final.json"
-#: The search's Optuna study (SQLite), rebuilt from the journal at a resume.
-OPTUNA_DB = "optuna.db"
+#: The search's Optuna study (Optuna's journal file, see tuner.study), rebuilt from the
+#: journal at a resume.
+OPTUNA_JOURNAL = "optuna.journal"
+#: Where earlier versions kept the study (SQLite): still read, replaced at a resume.
+LEGACY_OPTUNA_DB = "optuna.db"
 #: The exported configuration's test scores, computed once per experiment (then only read).
 BEST_TEST_FILE = "best_test.json"
 #: Marks a trial result that only repeats an already journaled epoch (a retry that had

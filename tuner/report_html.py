@@ -3,7 +3,7 @@
 Written by `tuner.results.build_report` into the same temporary folder as the CONTRACT files
 (so it appears together with them, or not at all), from the same plain files: the journal,
 the trial folders, `best_test.json` with the per-sample predictions and attention the search
-stored when it scored the test split once, and the Optuna study (`optuna.db`, opened
+stored when it scored the test split once, and the Optuna study (`optuna.journal`, opened
 read-only). Nothing here trains or scores a model.
 
 The page is plain HTML with inline CSS and no script; its figures are PNG files in
@@ -45,7 +45,7 @@ from timesclip.plots import (
 from tuner.journal import (
     BEST_TEST_FILE,
     JOURNAL_FILE,
-    OPTUNA_DB,
+    OPTUNA_JOURNAL,
     TERMINATED,
     ExperimentState,
     as_float,
@@ -138,14 +138,14 @@ class StudyView:
 
 
 def open_study(path: Path, study_name: str) -> StudyView:
-    """The experiment's Optuna study from its sqlite file, opened read-only (a copied or
+    """The experiment's Optuna study from its file, opened read-only (a copied or
     write-protected experiment folder works, and the report can never alter the study)."""
-    import optuna
     from optuna.search_space import intersection_search_space
     from optuna.trial import TrialState as OptunaState
 
-    storage = optuna.storages.RDBStorage(f"sqlite:///file:{path}?mode=ro&uri=true")
-    study = optuna.load_study(study_name=study_name, storage=storage)
+    from tuner.study import open_stored_study
+
+    study = open_stored_study(path, study_name)
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == OptunaState.COMPLETE]
     common = intersection_search_space(complete) if complete else {}
@@ -412,10 +412,12 @@ FigureFn = Callable[..., Section]
 
 def _optuna_sections(experiment_dir: Path, meta: dict[str, Any], figure: FigureFn,
                      where: str) -> list[Section]:
-    db = experiment_dir / OPTUNA_DB
+    from tuner.study import find_study
+
+    db = find_study(experiment_dir)
     titles = ("Parameter importance", "Parameters against the result")
-    if not db.is_file():
-        note = f"No {OPTUNA_DB} in the experiment folder: no Optuna study to read."
+    if db is None:
+        note = f"No {OPTUNA_JOURNAL} in the experiment folder: no Optuna study to read."
         return [Section("importance", titles[0], note=note)]
     try:
         view = open_study(db, str(meta.get("name")))
@@ -646,7 +648,7 @@ def _page(meta: dict[str, Any], *, kind: str, state: ExperimentState, trials: pd
                  "<span class='mono'>tensorboard --logdir "
                  f"{_e(str(Path('..') / 'trials'))}</span> (run from this folder).</li></ul>")
     parts.append(f"<p class='note'>Generated {_e(_now())} from the experiment's plain files "
-                 "(journal, trial folders, best_test.json, optuna.db read-only).</p>")
+                 "(journal, trial folders, best_test.json, optuna.journal read-only).</p>")
     title = f"{name}: {'ablation' if kind == 'ablation' else 'search'} report"
     return ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
             "<meta name='viewport' content='width=device-width, initial-scale=1'>"

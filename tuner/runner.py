@@ -31,7 +31,8 @@ from timesclip.config import TrainConfig
 from tuner.journal import (
     BEST_TEST_FILE,
     JOURNAL_FILE,
-    OPTUNA_DB,
+    LEGACY_OPTUNA_DB,
+    OPTUNA_JOURNAL,
     TRIALS_DIR,
     ExperimentState,
     Journal,
@@ -124,12 +125,19 @@ class Experiment:
 
     def _rebuild_study(self, state: ExperimentState, replays: Sequence[TrialState]
                        ) -> dict[str, int]:
-        """optuna.db written anew from the journal (see tracking.rebuild_study)."""
+        """optuna.journal written anew from the journal (see tracking.rebuild_study); an
+        earlier version's optuna.db is superseded by it and removed."""
         from tuner.tracking import rebuild_study
 
-        return rebuild_study(self.exp_dir / OPTUNA_DB, study_name=self.name,
-                             direction="minimize" if self.mode == "min" else "maximize",
-                             state=state, replays=replays, metric=self.metric)
+        ids = rebuild_study(self.exp_dir / OPTUNA_JOURNAL, study_name=self.name,
+                            direction="minimize" if self.mode == "min" else "maximize",
+                            state=state, replays=replays, metric=self.metric)
+        legacy = self.exp_dir / LEGACY_OPTUNA_DB
+        if legacy.exists():
+            legacy.unlink()
+            self.echo(f"optuna: the study moved from {LEGACY_OPTUNA_DB} (an earlier version's "
+                      f"SQLite file, removed) to {OPTUNA_JOURNAL}")
+        return ids
 
     def _print_resume_state(self, state: ExperimentState) -> None:
         ended = len(state.ended)
@@ -271,13 +279,13 @@ class Experiment:
 
     def _tuner(self, ledger: Any, replays: list[TrialState], to_create: int,
                features_ref: Any, resources: dict[str, float]) -> Any:
-        import optuna
         from ray import tune
         from ray.tune.search import ConcurrencyLimiter
 
         from timesclip.train import feature_key
         from tuner.progress import TrialProgress
         from tuner.search import DEFAULT_MAX_FAILURES, REUSE_ACTORS
+        from tuner.study import study_storage
         from tuner.tracking import (
             FixedTrialsSearcher,
             InterruptStopper,
@@ -313,7 +321,6 @@ class Experiment:
             sampler = make_sampler(self.args.searcher, int(self.base.seed),
                                    startup_trials=int(budget.get("startup_trials",
                                                                   DEFAULT_STARTUP_TRIALS)))
-            db = self.exp_dir / OPTUNA_DB
             ids: dict[str, int] = {}
             if self.args.resume:
                 ids = self._rebuild_study(state, replays)
@@ -324,7 +331,7 @@ class Experiment:
                 ledger=ledger, replays=[Replay(t, ids.get(t.tid)) for t in replays],
                 to_create=to_create, dirname=dirname, space=self.space.define_by_run,
                 metric=self.metric, mode=self.mode, sampler=sampler, study_name=self.name,
-                storage=optuna.storages.RDBStorage(f"sqlite:///{db}"))
+                storage=study_storage(self.exp_dir / OPTUNA_JOURNAL))
             if self.args.scheduler == "fifo":
                 scheduler = JournaledFIFO(ledger)
             else:
@@ -510,5 +517,5 @@ def _dirname_of(trial: Any) -> str:
     return trial_dirname(trial.config[TID_KEY], trial.config)
 
 
-__all__ = ["BEST_ATTENTION_FILE", "BEST_PREDICTIONS_FILE", "BEST_TEST_FILE", "OPTUNA_DB",
+__all__ = ["BEST_ATTENTION_FILE", "BEST_PREDICTIONS_FILE", "BEST_TEST_FILE",
            "Experiment"]

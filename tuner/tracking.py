@@ -532,7 +532,7 @@ class FixedTrialsSearcher(_ResumingMixin, Searcher):
 
 
 # ----------------------------------------------------------------------------- Optuna study
-def rebuild_study(db_path: Path, *, study_name: str, direction: str,
+def rebuild_study(path: Path, *, study_name: str, direction: str,
                   state: ExperimentState, replays: Sequence[TrialState], metric: str
                   ) -> dict[str, int]:
     """Write the Optuna study anew from the journal and swap it in atomically.
@@ -548,10 +548,12 @@ def rebuild_study(db_path: Path, *, study_name: str, direction: str,
     from optuna.trial import TrialState as OptunaState
     from optuna.trial import create_trial
 
-    tmp = db_path.with_name(f".{db_path.name}.rebuild-{os.getpid()}")
+    from tuner.study import study_storage
+
+    tmp = path.with_name(f".{path.name}.rebuild-{os.getpid()}")
     tmp.unlink(missing_ok=True)
-    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp}")
-    study = optuna.create_study(storage=storage, study_name=study_name, direction=direction)
+    study = optuna.create_study(storage=study_storage(tmp), study_name=study_name,
+                                direction=direction)
     resumed = {t.tid for t in replays}
     ids: dict[str, int] = {}
     for trial in state.trials.values():
@@ -589,11 +591,11 @@ def rebuild_study(db_path: Path, *, study_name: str, direction: str,
         study.add_trial(frozen)
         if not trial.ended:
             ids[trial.tid] = study.trials[-1]._trial_id
-    engine = getattr(storage, "engine", None)
-    if engine is not None:
-        engine.dispose()
-    del study, storage
-    tmp.replace(db_path)
+    tmp.replace(path)
+    # A driver killed while appending leaves Optuna's lock (a symlink beside the file);
+    # the next append would wait 30 s for it. Only the driver writes, and this one is
+    # starting: the lock is stale.
+    path.with_name(path.name + ".lock").unlink(missing_ok=True)
     return ids
 
 
