@@ -11,8 +11,8 @@ One run measures, on the same machine and in the same minutes:
    parts come from the driver's own lines: before Ray (imports, data, pre-flight), Ray
    start-up (`ray: ready in`), the vision features and the first trial's wait for its
    worker process.
-   It runs twice: with an empty feature cache (features encoded in a Ray task while the
-   first trials start) and with the cache the first run filled (no ViT time at all).
+   It runs twice: with an empty feature cache (features encoded in a Ray task before the
+   trials start) and with the cache the first run filled (no ViT time at all).
 2. **Per-trial overhead** from the experiment's journal: a trial's wall time (its start
    event to its end event, as the driver saw them) minus the time fit() spent training and
    validating (`epoch_seconds` of every epoch it reported), as a share of the trial's wall

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -307,6 +308,12 @@ def test_random_fifo_runs_every_trial_to_its_end(tmp_path, small_csvs):
     assert set(table["stopped_by"]) <= {"completed", "early_stopping"}, table["stopped_by"]
     assert (table["epochs_run"] == 3).all()
     assert not (exp / "asha_state.json").exists()
+    # The feature task ran before any trial, and its features were cached at once: trials
+    # started while it ran held the CPUs it needed (a search that hung, or one that ran a
+    # single trial at a time to its end; see Experiment._collect_features)
+    lines = stdout.splitlines()
+    first_start = next(i for i, line in enumerate(lines) if re.search(r"\]\s+start\s", line))
+    assert any("stored in cache" in line for line in lines[:first_start]), lines[:first_start]
 
     # a second search on the same data and backbone spends no time in the vision tower
     again, wall = _cli("tuner.search", "--space", "quick", "--num-samples", 1,

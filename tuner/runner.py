@@ -173,6 +173,8 @@ class Experiment:
                 resources = fit_local_resources(resources, ray.cluster_resources())
                 self._record_resources(resources)
             features_ref = self._start_features(resources)
+            if features_ref is not None and self.features is None:
+                self._collect_features(features_ref, wait=True)
             tuner = self._tuner(ledger, replays, to_create, features_ref, resources)
             self.stop.ledger = ledger
             self.stop.in_loop = True
@@ -230,10 +232,9 @@ class Experiment:
         put into the object store from the on-disk cache, or the result of a Ray task
         computing them.
 
-        The task runs while Tune starts the first trials (whose worker processes spend
-        seconds importing torch and transformers); a trial waits for the features only
-        when it needs them. It gets a GPU when trials do. Either way the trials fetch the
-        features through the ref, once per worker process (see tuner.trainable)."""
+        The driver waits for the task before any trial starts (see _collect_features). It
+        gets a GPU when trials do. Either way the trials fetch the features through the
+        ref, once per worker process (see tuner.trainable)."""
         import ray
 
         self._features_started = time.perf_counter()
@@ -248,27 +249,41 @@ class Experiment:
             vision_features)
         n = sum(len(getattr(self.data, s)) for s in ("train", "val", "test"))
         self.echo(f"vision features: encoding {n} samples x {len(self.data.bands)} bands once "
-                  "(a Ray task, while the first trials start); shared by all trials")
+                  "(a Ray task, before the trials start); shared by all trials")
         # the trials' thread count: float sums depend on it, and trials train on these
         config = self.base.replace(threads=self.base.threads or
                                    max(1, int(resources["cpus_per_trial"])))
         return task.remote(config, self.data)
 
-    def _collect_features(self, ref: Any) -> None:
-        """After the trials: fetch the features the task computed (for the test evaluation)
-        and store them in the cache for the next search on the same data."""
+    def _collect_features(self, ref: Any, *, wait: bool = False) -> None:
+        """Fetch the features the task computed (for the test evaluation) and store them in
+        the cache for the next search on the same data.
+
+        wait=True (before the trials): block until the task is done. Trials must not start
+        first: a trial that needs the features waits for them while holding the CPUs (or
+        GPU) of its placement group, so trials that took every CPU before the task got one
+        waited for it forever (2 CPUs, 2 concurrent trials), and a task that ran beside
+        the first trial left Tune starting one trial at a time for the whole search. The
+        features are then cached at once, so even an interrupted search keeps them. After
+        the trials (wait=False) this only catches what is still to do."""
         import ray
 
         from timesclip.feature_cache import store
+        from tuner.search import SearchInterrupted
 
         if ref is None or self.features is not None:
             return
         try:
-            ready, _ = ray.wait([ref], timeout=0)
+            while True:  # short waits: Ctrl-C and SIGTERM are handled between them
+                ready, _ = ray.wait([ref], timeout=0.5 if wait else 0, fetch_local=False)
+                if ready or not wait:
+                    break
             if not ready:
                 return
             self.features = ray.get(ref)
-        except Exception as exc:  # the task failed: the trials that needed it said so
+        except SearchInterrupted:
+            raise
+        except Exception as exc:  # the trials that need them fail and say so
             self.echo(f"vision features: the feature task failed ({exc.__class__.__name__})")
             return
         directory = self._cache_dir()
