@@ -848,3 +848,28 @@ def test_sigterm_in_a_finalizer_exits_quietly(hooked, tmp_path):
         assert "SystemExit" not in proc.stderr and "survived" not in proc.stdout
     else:  # what the hook is for: the traceback, and a process that does not exit
         assert "SystemExit" in proc.stderr and "survived" in proc.stdout
+
+
+def test_the_driver_waits_for_the_feature_task_and_says_why(monkeypatch):
+    """Before the trials the driver polls the feature task (so a signal is handled between
+    polls), says once what the task needs if it takes long, then holds the features."""
+    import types
+
+    import ray
+
+    import tuner.runner as runner
+
+    polls = iter([False, False, False, True])
+    monkeypatch.setattr(ray, "wait", lambda refs, timeout, fetch_local: (
+        (refs, []) if next(polls) else ([], refs)))
+    monkeypatch.setattr(ray, "get", lambda ref: {"train": "features"})
+    monkeypatch.setattr(runner, "FEATURE_WAIT_NOTE_S", 0.0)
+    said: list[str] = []
+    exp = object.__new__(runner.Experiment)
+    exp.features, exp.echo, exp._features_started = None, said.append, 0.0
+    exp._feature_resources = "1 CPU and 1 GPU"
+    exp.args = types.SimpleNamespace(no_feature_cache=True)
+    exp._collect_features("ref", wait=True)
+    assert exp.features == {"train": "features"}
+    assert len(said) == 1 and "still running" in said[0] and "1 CPU and 1 GPU" in said[0]
+    assert next(polls, None) is None  # polled until ready

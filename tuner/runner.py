@@ -245,6 +245,8 @@ class Experiment:
             self.features = cached
             return ray.put(cached)
         gpus = min(1.0, resources["gpus_per_trial"]) if resources["gpus_per_trial"] > 0 else 0
+        self._feature_resources = f"{resources['cpus_per_trial']:g} CPU" + (
+            f" and {gpus:g} GPU" if gpus else "")
         task = ray.remote(num_cpus=resources["cpus_per_trial"], num_gpus=gpus)(
             vision_features)
         n = sum(len(getattr(self.data, s)) for s in ("train", "val", "test"))
@@ -273,11 +275,17 @@ class Experiment:
 
         if ref is None or self.features is not None:
             return
+        waited, noted = time.perf_counter(), False
         try:
             while True:  # short waits: Ctrl-C and SIGTERM are handled between them
                 ready, _ = ray.wait([ref], timeout=0.5 if wait else 0, fetch_local=False)
                 if ready or not wait:
                     break
+                if not noted and time.perf_counter() - waited > FEATURE_WAIT_NOTE_S:
+                    noted = True
+                    self.echo(f"vision features: still running after {FEATURE_WAIT_NOTE_S:.0f}s "
+                              f"(the task needs {self._feature_resources}; if no node has "
+                              "them free, `ray status` shows what the cluster offers)")
             if not ready:
                 return
             self.features = ray.get(ref)
@@ -485,6 +493,10 @@ class Experiment:
         from tuner.results import build_report
 
         build_report(self.exp_dir, data_bundle=self.data, echo=self.echo)
+
+
+#: After this many seconds of waiting for the feature task the driver says what it needs.
+FEATURE_WAIT_NOTE_S = 60.0
 
 
 def make_sampler(searcher: str, seed: int, *,
