@@ -43,18 +43,37 @@ def start(temp_dir: Path, env: dict[str, str], nodes: int = 2
 
 
 def stop(helper: subprocess.Popen, info: dict) -> None:
-    """Shut the cluster down; then end whatever is left, by PID (never `ray stop`)."""
+    """Shut the cluster down; then end whatever is left, by PID (never `ray stop`).
+
+    A PID is killed only if it still names the process the cluster started (same start
+    time as before the shutdown): once ours has exited, the number may already belong to
+    someone else's process on this shared machine."""
+    started = {pid: start_time(pid) for pid in info.get("pids", [])}
     try:
         helper.stdin.write("shutdown\n")
         helper.stdin.flush()
         helper.wait(timeout=60)
     except (OSError, subprocess.TimeoutExpired):
         pass
-    for pid in [helper.pid, *info.get("pids", [])]:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    if helper.poll() is None:
+        helper.kill()
+        helper.wait()
+    for pid, when in started.items():
+        if when is not None and start_time(pid) == when:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def start_time(pid: int) -> str | None:
+    """When the process with this PID started (field 22 of /proc/PID/stat, clock ticks
+    since boot), or None when there is none."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]  # fields after "(comm)" start at field 3
 
 
 def _pids(node) -> list[int]:

@@ -178,3 +178,40 @@ def test_driver_killed_then_preempted_on_the_cluster(cluster, tmp_path, small_cs
     counts = check_consistent(exp, 6)
     assert counts["drivers"] == 3 and counts["interruptions"] == 2
     print(f"[wall] final resume on the cluster: {wall:.1f}s; {counts}")
+
+
+def test_the_helper_ends_only_processes_it_started(monkeypatch):
+    """After the shutdown, a PID left over is killed only while it still names the process
+    the cluster started (same start time): a reused PID belongs to someone else."""
+    import subprocess
+    import sys
+
+    def helper_stub() -> subprocess.Popen:  # exits on the "shutdown" line, as the helper
+        return subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.readline()"],
+                                stdin=subprocess.PIPE, text=True)
+
+    def sleeper() -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+
+    ours = sleeper()
+    try:
+        assert ray_cluster_helper.start_time(ours.pid) == \
+            ray_cluster_helper.start_time(ours.pid)
+        ray_cluster_helper.stop(helper_stub(), {"pids": [ours.pid]})
+        assert ours.wait(timeout=30) == -signal.SIGKILL
+        assert ray_cluster_helper.start_time(ours.pid) is None  # gone (and reaped)
+    finally:
+        if ours.poll() is None:
+            ours.kill()
+            ours.wait()
+
+    other = sleeper()
+    times = iter(["100", "200"])  # the PID names another process after the shutdown
+    monkeypatch.setattr(ray_cluster_helper, "start_time", lambda pid: next(times))
+    try:
+        ray_cluster_helper.stop(helper_stub(), {"pids": [other.pid]})
+        with pytest.raises(subprocess.TimeoutExpired):  # still running, left alone
+            other.wait(timeout=2)
+    finally:
+        other.kill()
+        other.wait()

@@ -869,7 +869,7 @@ def test_the_driver_waits_for_the_feature_task_and_says_why(monkeypatch):
     exp.features, exp.echo, exp._features_started = None, said.append, 0.0
     exp._feature_resources = "1 CPU and 1 GPU"
     exp.args = types.SimpleNamespace(no_feature_cache=True)
-    exp._collect_features("ref", wait=True)
+    exp._await_features("ref")
     assert exp.features == {"train": "features"}
     assert len(said) == 1 and "still running" in said[0] and "1 CPU and 1 GPU" in said[0]
     assert next(polls, None) is None  # polled until ready

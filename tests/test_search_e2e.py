@@ -310,7 +310,7 @@ def test_random_fifo_runs_every_trial_to_its_end(tmp_path, small_csvs):
     assert not (exp / "asha_state.json").exists()
     # The feature task ran before any trial, and its features were cached at once: trials
     # started while it ran held the CPUs it needed (a search that hung, or one that ran a
-    # single trial at a time to its end; see Experiment._collect_features)
+    # single trial at a time to its end; see Experiment._await_features)
     lines = stdout.splitlines()
     first_start = next(i for i, line in enumerate(lines) if re.search(r"\]\s+start\s", line))
     assert any("stored in cache" in line for line in lines[:first_start]), lines[:first_start]

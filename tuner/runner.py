@@ -161,7 +161,6 @@ class Experiment:
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # we print what matters
 
         ray_start = time.perf_counter()
-        features_ref = None
         try:
             _init_ray(self.args)
             # Ray's core installs its own SIGTERM handler (it aborts the process): take
@@ -174,7 +173,7 @@ class Experiment:
                 self._record_resources(resources)
             features_ref = self._start_features(resources)
             if features_ref is not None and self.features is None:
-                self._collect_features(features_ref, wait=True)
+                self._await_features(features_ref)
             tuner = self._tuner(ledger, replays, to_create, features_ref, resources)
             self.stop.ledger = ledger
             self.stop.in_loop = True
@@ -189,8 +188,6 @@ class Experiment:
                 self.stop.in_loop = False
                 analysis_log.setLevel(level)
         finally:
-            if features_ref is not None:
-                self._collect_features(features_ref)
             ray.shutdown()
         return ledger.interrupt_signal
 
@@ -232,7 +229,7 @@ class Experiment:
         put into the object store from the on-disk cache, or the result of a Ray task
         computing them.
 
-        The driver waits for the task before any trial starts (see _collect_features). It
+        The driver waits for the task before any trial starts (see _await_features). It
         gets a GPU when trials do. Either way the trials fetch the features through the
         ref, once per worker process (see tuner.trainable)."""
         import ray
@@ -257,37 +254,29 @@ class Experiment:
                                    max(1, int(resources["cpus_per_trial"])))
         return task.remote(config, self.data)
 
-    def _collect_features(self, ref: Any, *, wait: bool = False) -> None:
-        """Fetch the features the task computed (for the test evaluation) and store them in
-        the cache for the next search on the same data.
+    def _await_features(self, ref: Any) -> None:
+        """Before any trial starts: wait for the feature task, fetch its features (for the
+        test evaluation) and store them in the cache for the next search on the same data.
 
-        wait=True (before the trials): block until the task is done. Trials must not start
-        first: a trial that needs the features waits for them while holding the CPUs (or
-        GPU) of its placement group, so trials that took every CPU before the task got one
-        waited for it forever (2 CPUs, 2 concurrent trials), and a task that ran beside
-        the first trial left Tune starting one trial at a time for the whole search. The
-        features are then cached at once, so even an interrupted search keeps them. After
-        the trials (wait=False) this only catches what is still to do."""
+        Trials must not start first: a trial that needs the features waits for them while
+        holding the CPUs (or GPU) of its placement group, so trials that took every CPU
+        before the task got one waited for it forever (2 CPUs, 2 concurrent trials), and a
+        task that ran beside the first trial left Tune starting one trial at a time for
+        the whole search. Cached at once, the features survive an interrupted search."""
         import ray
 
         from timesclip.feature_cache import store
         from tuner.search import SearchInterrupted
 
-        if ref is None or self.features is not None:
-            return
         waited, noted = time.perf_counter(), False
+        # short waits: Ctrl-C and SIGTERM are handled between them
+        while not ray.wait([ref], timeout=0.5, fetch_local=False)[0]:
+            if not noted and time.perf_counter() - waited > FEATURE_WAIT_NOTE_S:
+                noted = True
+                self.echo(f"vision features: still running after {FEATURE_WAIT_NOTE_S:.0f}s "
+                          f"(the task needs {self._feature_resources}; if no node has them "
+                          "free, `ray status` shows what the cluster offers)")
         try:
-            while True:  # short waits: Ctrl-C and SIGTERM are handled between them
-                ready, _ = ray.wait([ref], timeout=0.5 if wait else 0, fetch_local=False)
-                if ready or not wait:
-                    break
-                if not noted and time.perf_counter() - waited > FEATURE_WAIT_NOTE_S:
-                    noted = True
-                    self.echo(f"vision features: still running after {FEATURE_WAIT_NOTE_S:.0f}s "
-                              f"(the task needs {self._feature_resources}; if no node has "
-                              "them free, `ray status` shows what the cluster offers)")
-            if not ready:
-                return
             self.features = ray.get(ref)
         except SearchInterrupted:
             raise

@@ -74,8 +74,8 @@ def _cached_backbone(name: str, need_vision: bool) -> Backbone:
 
 
 def _shared_features(ref: Any) -> dict[str, torch.Tensor]:
-    """The features behind `ref`, fetched once per worker process (the task computing them
-    may still run: the first trial to need them waits here)."""
+    """The features behind `ref`, fetched once per worker process (the driver started the
+    trials only once the task computing them had finished)."""
     import ray
 
     key = ref.hex()
