@@ -141,11 +141,14 @@ def _cli(*args: Any, timeout: float = 600) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def illinois_search(tmp_path_factory):
-    """The quick space on the real Illinois data: 6 trials x <= 3 epochs, ASHA."""
+    """The quick space on the real Illinois data: 6 trials x <= 3 epochs, ASHA, one trial
+    at a time: asynchronous ASHA decides by the order in which results arrive, and only a
+    fixed order makes "ASHA stopped a trial" certain (with two at a time all six once
+    completed)."""
     storage = tmp_path_factory.mktemp("illinois")
     proc = _cli("tuner.search", "--space", "quick", "--num-samples", 6, "--max-epochs", 3,
                 "--storage", storage, "--name", "il", "--num-cpus", 2, "--input-steps", 12,
-                "--data", *illinois_csvs())
+                "--max-concurrent", 1, "--data", *illinois_csvs())
     return {"exp": storage / "il", "stdout": proc.stdout}
 
 
