@@ -34,3 +34,33 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, floa
         "r2": r2,
         "mape": float(100.0 * np.mean(np.abs(err) / np.maximum(np.abs(y_true), MAPE_FLOOR))),
     }
+
+
+# ----------------------------------------------------------------------------- metric names
+#: Per-epoch metric names of a yield run's report (CONTRACT).
+EPOCH_METRICS = ("epoch", "train_loss", "train_regression_loss", "train_contrastive_loss",
+                 "val_loss", "val_rmse", "val_mae", "val_r2", "val_mape", "lr")
+
+#: Every per-epoch metric a run can be judged by (the trainer's `monitor`, a search's
+#: metric), with the direction that is better. The one owner of these names and modes.
+METRIC_MODES: dict[str, str] = {
+    "val_rmse": "min",
+    "val_loss": "min",
+    "val_mae": "min",
+    "val_mape": "min",
+    "val_r2": "max",
+    "val_mse": "min",
+}
+
+
+def better(value: float, best: float | None, mode: str) -> bool:
+    """Whether `value` beats `best` (None: nothing yet) under `mode` ("min" | "max").
+
+    Strictly better: on a tie the earlier epoch or trial keeps its place. The one
+    comparison behind "best" everywhere: the trainer's best checkpoint and early stopping,
+    and the search's selection (`tuner.outcomes`). Non-finite values never win."""
+    if not isinstance(value, (int, float)) or not np.isfinite(value):
+        return False
+    if best is None or not np.isfinite(best):
+        return True
+    return value < best if mode == "min" else value > best

@@ -413,16 +413,17 @@ def summarize_error(text: str) -> str:
         i += 1
     if not found:
         first = next((ln.strip() for ln in lines if ln.strip() and not ln.startswith(" ")), "")
-        return _clip(first or "failed (error.txt has no exception line)")
-    return _clip(found[0] if found[0] == found[-1] else f"{found[0]} -> {found[-1]}")
+        return clip_line(first or "failed (error.txt has no exception line)")
+    return clip_line(found[0] if found[0] == found[-1] else f"{found[0]} -> {found[-1]}")
 
 
-def _clip(text: str, limit: int = _MAX_ERROR) -> str:
+def clip_line(text: str, limit: int = _MAX_ERROR) -> str:
+    """One line of at most `limit` characters (whitespace runs folded)."""
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 __all__ = ["DIVERGED", "ENDED", "ERROR", "JOURNAL_FILE", "PENDING", "RUNNING", "TERMINATED",
            "TRIALS_DIR", "ExperimentState", "Journal", "Segment", "TrialState", "as_float",
-           "best_value", "driver_fields", "load_state", "read_events", "repair_tail", "replay",
+           "best_value", "clip_line", "driver_fields", "load_state", "read_events", "repair_tail", "replay",
            "select_best", "summarize_error"]

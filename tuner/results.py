@@ -51,7 +51,7 @@ from tuner.journal import (
     TRIALS_DIR,
     ExperimentState,
     TrialState,
-    _clip,
+    clip_line,
     as_float,
     best_value,
     load_state,
@@ -417,7 +417,7 @@ def reference_results(meta: dict[str, Any], data_bundle: Any | None, *,
     try:
         return reference_baselines(data_bundle, echo=echo), ""
     except (ValueError, np.linalg.LinAlgError) as exc:
-        return None, f"baseline fit failed ({_clip(str(exc), 120)})"
+        return None, f"baseline fit failed ({clip_line(str(exc), 120)})"
 
 
 # ---------------------------------------------------------------------------------- markdown

@@ -1,0 +1,149 @@
+"""How a trial ends, what a search measures, and the one place a best is picked.
+
+- `Status` (the report's CONTRACT column `status`) and `StopReason` (`stopped_by`): what a
+  trial's end is called in the journal, the tables, the summary, the HTML page and the
+  Optuna study's user attributes.
+- Metric names and their modes come from `timesclip.metrics` (the trainer reports them);
+  `metric_mode` is how the search reads them.
+- `best_value` (a trial's best epoch) and `select_best` (the experiment's best trial) are
+  THE notion of "best": the export, the test scoring, the tables, Optuna and the report's
+  running best all call them. They compare with `timesclip.metrics.better`, the same
+  comparison the trainer uses for its best checkpoint, so the epoch a search selects is
+  the epoch whose weights `best.pt` holds.
+- `classify_end` and `optuna_state` map a trial's journaled history to its end, and that end
+  to the state Optuna is told, once for the live search and for a rebuilt study alike.
+
+Pure Python: no Ray, no Optuna (the study module turns `optuna_state`'s name into Optuna's
+enum), so the journal, the report and the driver all import it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from enum import Enum
+from typing import Any, Protocol, TypeVar
+
+from timesclip.errors import ConfigError
+from timesclip.metrics import METRIC_MODES, better
+
+
+class Status(str, Enum):
+    """A trial's status (CONTRACT column `status` of trials.csv)."""
+
+    TERMINATED = "TERMINATED"  # ended normally: completed, early-stopped or stopped by ASHA
+    DIVERGED = "DIVERGED"  # non-finite loss: a property of its configuration, never retried
+    ERROR = "ERROR"  # an infrastructure failure that exhausted --max-failures
+    RUNNING = "RUNNING"  # unfinished: started
+    PENDING = "PENDING"  # unfinished: never started
+
+    def __str__(self) -> str:
+        return self.value
+
+
+#: Statuses of a trial that has ended (the others are unfinished).
+ENDED = (Status.TERMINATED, Status.DIVERGED, Status.ERROR)
+UNFINISHED = (Status.RUNNING, Status.PENDING)
+
+
+class StopReason(str, Enum):
+    """What ended a trial (column `stopped_by`)."""
+
+    COMPLETED = "completed"  # ran max_epochs
+    EARLY_STOPPING = "early_stopping"  # the trainer's own early stopping
+    ASHA = "asha"  # stopped at a rung by ASHA
+    DIVERGED = "diverged"
+    ERROR = "error"
+    UNFINISHED = "unfinished"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+#: The scheduler's decision on a reported epoch, as journaled.
+CONTINUE, STOP = "continue", "stop"
+
+
+def metric_mode(metric: str, where: str = "metric") -> str:
+    """The mode ("min" | "max") of a metric a search can optimise; ConfigError otherwise."""
+    if metric not in METRIC_MODES:
+        raise ConfigError(f"{where}: unknown metric {metric!r}; one of "
+                          f"{', '.join(METRIC_MODES)}")
+    return METRIC_MODES[metric]
+
+
+# ----------------------------------------------------------------------------- best
+class _Trial(Protocol):
+    status: Any
+    history: Mapping[int, Mapping[str, Any]]
+
+
+_T = TypeVar("_T", bound=_Trial)
+
+
+def best_value(history: Mapping[int, Mapping[str, Any]], metric: str, mode: str
+               ) -> tuple[float, int | None]:
+    """The best finite value of `metric` over a trial's reported epochs, and its epoch (the
+    earliest on a tie); (nan, None) when no epoch has a finite value.
+
+    This is THE value of a trial: what selection, the tables, the summary and Optuna use.
+    """
+    best: float | None = None
+    best_epoch = None
+    for epoch in sorted(history):
+        value = history[epoch].get(metric)
+        if better(value, best, mode):
+            best, best_epoch = float(value), int(epoch)
+    return (math.nan if best is None else best), best_epoch
+
+
+def select_best(trials: Iterable[_T], metric: str, mode: str) -> _T | None:
+    """The one notion of "best trial": among trials that ended normally (TERMINATED:
+    completed, early-stopped or stopped by ASHA; never errored, diverged or unfinished
+    ones), the best `best_value`. Ties go to the earlier trial. Test metrics are never
+    looked at."""
+    chosen, chosen_value = None, None
+    for trial in trials:
+        if trial.status != Status.TERMINATED:
+            continue
+        value, _ = best_value(trial.history, metric, mode)
+        if better(value, chosen_value, mode):
+            chosen, chosen_value = trial, value
+    return chosen
+
+
+# ----------------------------------------------------------------------------- ends
+def classify_end(trial: Any, max_epochs: int, *, error: bool) -> tuple[Status, StopReason]:
+    """(status, stopped_by) of a trial that Ray reports complete."""
+    if error:
+        return Status.ERROR, StopReason.ERROR
+    if trial.diverged:
+        return Status.DIVERGED, StopReason.DIVERGED
+    last_decision = trial.decisions[-1][1] if trial.decisions else CONTINUE
+    epochs_run = max(trial.history) if trial.history else 0
+    if epochs_run >= max_epochs:
+        return Status.TERMINATED, StopReason.COMPLETED
+    if last_decision == STOP:
+        return Status.TERMINATED, StopReason.ASHA
+    return Status.TERMINATED, StopReason.EARLY_STOPPING
+
+
+def optuna_state(status: str, stopped_by: str, value: Any,
+                 intermediate: Mapping[int, float]) -> tuple[str, float | None]:
+    """The Optuna trial state (by name: COMPLETE | PRUNED | FAIL) and value of an ended trial.
+
+    COMPLETE with its best value (the number selection uses); PRUNED for a trial ASHA
+    stopped or that diverged (Optuna ranks pruned trials by their last reported epoch, below
+    completed ones); FAIL for an infrastructure error (the configuration itself says
+    nothing) or a trial without a finite value."""
+    if status == Status.ERROR:
+        return "FAIL", None
+    if status == Status.DIVERGED or stopped_by == StopReason.ASHA:
+        return "PRUNED", (intermediate[max(intermediate)] if intermediate else None)
+    if isinstance(value, (int, float)) and math.isfinite(value):
+        return "COMPLETE", float(value)
+    return "FAIL", None
+
+
+__all__ = ["CONTINUE", "ENDED", "METRIC_MODES", "STOP", "UNFINISHED", "Status", "StopReason",
+           "best_value", "classify_end", "metric_mode", "optuna_state", "select_best"]
