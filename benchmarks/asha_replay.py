@@ -48,7 +48,8 @@ Curve = list[tuple[float, float]]  # per epoch: (metric value, epoch seconds)
 
 def read_curves(exp: Path, metric: str) -> list[Curve]:
     """Every trial's curve, in the order the search created the trials."""
-    from tuner.journal import JOURNAL_FILE, read_events
+    from tuner.journal import read_events
+    from tuner.layout import JOURNAL_FILE
 
     events = read_events(exp / JOURNAL_FILE)
     if not events:

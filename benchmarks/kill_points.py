@@ -6,7 +6,7 @@
 One uninterrupted reference search runs first (one trial at a time, so its report order
 and therefore its ASHA decisions are deterministic). Then, for each of `--points` kill
 points spread over the reference's epoch results (the first result, then evenly up to
-the last), the same search is started with `TIMESCLIP_CRASH_AFTER_RESULTS=k` — the
+the last), the same search is started with `TIMESCLIP_FAULT=after_result:k` (tuner.faults) — the
 driver SIGKILLs itself right after journaling its k-th result — and finished with
 `--resume`. Per kill point it prints:
 
@@ -50,9 +50,9 @@ def run_search(storage: Path, name: str, args: argparse.Namespace, *extra: str,
     if args.data:
         cmd += ["--data", *args.data]
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(ROOT)}
-    env.pop("TIMESCLIP_CRASH_AFTER_RESULTS", None)
+    env.pop("TIMESCLIP_FAULT", None)
     if crash_after is not None:
-        env["TIMESCLIP_CRASH_AFTER_RESULTS"] = str(crash_after)
+        env["TIMESCLIP_FAULT"] = f"after_result:{crash_after}"
     t0 = time.perf_counter()
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - t0
@@ -62,7 +62,8 @@ def run_search(storage: Path, name: str, args: argparse.Namespace, *extra: str,
 
 
 def events(exp: Path) -> list[dict]:
-    from tuner.journal import JOURNAL_FILE, read_events  # tolerates a torn last line
+    from tuner.journal import read_events  # tolerates a torn last line
+    from tuner.layout import JOURNAL_FILE
 
     return read_events(exp / JOURNAL_FILE)
 
@@ -71,7 +72,7 @@ def epochs_trained_twice(exp: Path) -> int:
     """(trial, epoch) pairs recorded by more than one TensorBoard writer in a trial folder."""
     from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
-    from tuner.journal import TRIALS_DIR
+    from tuner.layout import TRIALS_DIR
 
     twice = 0
     for folder in (exp / TRIALS_DIR).iterdir():
@@ -97,7 +98,8 @@ def outcomes(exp: Path):
 def study_matches_table(exp: Path) -> bool:
     import optuna
 
-    from tuner.journal import OPTUNA_JOURNAL, load_state
+    from tuner.journal import load_state
+    from tuner.layout import OPTUNA_JOURNAL
     from tuner.study import open_stored_study
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -59,8 +59,9 @@ def main() -> int:
 
     from timesclip.config import TrainConfig, apply_ablation
     from timesclip.data import load_bundle
+    from timesclip.features import compute_features
     from timesclip.model import load_backbone
-    from timesclip.train import compute_features, fit
+    from timesclip.train import fit
 
     torch.set_num_threads(args.threads)
     ckpt = ensure_clip_checkpoint(args.checkpoint or Path(tempfile.gettempdir()) /

@@ -82,7 +82,9 @@ def run_search(out: Path, name: str, args: argparse.Namespace, searcher: str,
 
 def summarize(exp: Path, wall: float) -> dict:
     """Trial-epochs, best value, exported test RMSE and the anytime curve, from the journal."""
-    from tuner.journal import BEST_TEST_FILE, read_events, replay, select_best
+    from tuner.journal import read_events, replay
+    from tuner.layout import BEST_TEST_FILE
+    from tuner.outcomes import select_best
 
     events = read_events(exp / "journal.jsonl")
     state = replay(events)
@@ -95,7 +97,7 @@ def summarize(exp: Path, wall: float) -> dict:
         if isinstance(value, (int, float)) and math.isfinite(value):
             best = min(best, value)
         curve.append((spent, best))
-    chosen = select_best(state, "val_rmse", "min")
+    chosen = select_best(state.trials.values(), "val_rmse", "min")
     test = json.loads((exp / BEST_TEST_FILE).read_text())["test"] \
         if (exp / BEST_TEST_FILE).exists() else {}
     return {"trial_epochs": spent, "wall": wall, "best_val": best, "curve": curve,

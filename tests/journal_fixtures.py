@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from timesclip.config import TrainConfig
-from tuner.journal import JOURNAL_FILE, TRIALS_DIR, Journal
-from tuner.trainable import trial_dirname
+from tuner.journal import Journal
+from tuner.layout import JOURNAL_FILE, TRIALS_DIR, trial_dirname
 
 
 def rmse_metrics(value: float, epoch: int, *, seconds: float = 0.5) -> dict[str, Any]:

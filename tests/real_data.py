@@ -27,3 +27,20 @@ def illinois_csvs() -> list[Path]:
     pytest.fail(f"the real Illinois soybean data ({ILLINOIS}/illinois_soybean_*.csv) is not "
                 f"in {', '.join(map(str, places))}: set TIMESCLIP_REAL_DATA to the folder "
                 "that holds it")
+
+
+FORECASTING = "forecasting"
+
+
+def forecast_csv(name: str) -> Path:
+    """One TSLib forecasting file (`ETTh1`, `exchange_rate`, ...: `<name>.csv.gz`), or a test
+    failure naming the places looked at."""
+    places = [Path(p) for p in [os.environ.get("TIMESCLIP_REAL_DATA")] if p]
+    places += [REPO / "shared" / "data", REPO.parent / "shared" / "data"]
+    for place in places:
+        path = place / FORECASTING / f"{name}.csv.gz"
+        if path.is_file():
+            return path
+    pytest.fail(f"the forecasting file {FORECASTING}/{name}.csv.gz is not in "
+                f"{', '.join(map(str, places))}: set TIMESCLIP_REAL_DATA to the folder that "
+                "holds it")

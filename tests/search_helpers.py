@@ -117,7 +117,8 @@ def check_consistent(exp: Path, num_samples: int) -> dict[str, Any]:
     """
     import optuna
 
-    from tuner.journal import OPTUNA_JOURNAL, TRIALS_DIR, load_state
+    from tuner.journal import load_state
+    from tuner.layout import OPTUNA_JOURNAL, TRIALS_DIR
     from tuner.study import open_stored_study
 
     events = journal_events(exp)

@@ -11,7 +11,7 @@ import pytest
 from real_data import illinois_csvs
 
 from timesclip.metrics import regression_metrics
-from tuner.baselines import HGB_SEED, hgb_baseline, reference_baselines
+from tuner.report.baselines import HGB_SEED, hgb_baseline, reference_baselines
 
 GRID = ({"learning_rate": 0.1, "max_leaf_nodes": 3, "max_iter": 20},
         {"learning_rate": 0.1, "max_leaf_nodes": 15, "max_iter": 100})
@@ -32,7 +32,7 @@ def _fit_by_hand(bundle, setting):
     from sklearn.ensemble import HistGradientBoostingRegressor
     from threadpoolctl import threadpool_limits
 
-    with threadpool_limits(limits=1, user_api="openmp"):  # see tuner.baselines: busy cores
+    with threadpool_limits(limits=1, user_api="openmp"):  # see tuner.report.baselines: busy cores
         model = HistGradientBoostingRegressor(**setting, early_stopping=False,
                                               random_state=HGB_SEED)
         model.fit(bundle.train.x.reshape(len(bundle.train), -1), bundle.train.y)

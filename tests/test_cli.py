@@ -105,6 +105,7 @@ def trained(small_csvs, tmp_path_factory):
     frame = pd.read_csv(small_csvs[0])
     frame.drop(columns=[c for c in frame.columns if c.startswith("red_")]).to_csv(no_red,
                                                                                    index=False)
+    earlier = _as_earlier_best(out / "best.pt", no_red.parent / "earlier" / "best.pt")
     evals = run_many({
         "test": (["evaluate", "--checkpoint", out, "--data", *small_csvs, "--subset", "test",
                   "--device", "cpu"], cwd),
@@ -114,8 +115,24 @@ def trained(small_csvs, tmp_path_factory):
                        cwd),
         "lacks-band-test": (["evaluate", "--checkpoint", out, "--data", no_red, *small_csvs[1:],
                              "--subset", "test", "--device", "cpu"], cwd),
+        "earlier-version": (["evaluate", "--checkpoint", earlier, "--data", *small_csvs,
+                             "--subset", "test", "--device", "cpu"], cwd),
     }, threads=None)
     return {"train": train, "out": out, "cwd": cwd, "after_train": after_train, **evals}
+
+
+def _as_earlier_best(best: Path, dest: Path) -> Path:
+    """A copy of `best` as versions before `monitor` wrote it: no monitor in the file or in
+    its config, the best val_loss under "val_loss"."""
+    import torch
+
+    ck = torch.load(best, weights_only=True)
+    ck["config"].pop("monitor")
+    ck["val_loss"] = ck.pop("metrics")["val_loss"]
+    del ck["monitor"], ck["best_value"]
+    dest.parent.mkdir(parents=True)
+    torch.save(ck, dest)
+    return dest
 
 
 def test_train_prints_progress_and_writes_the_contract_outputs(trained):
@@ -152,6 +169,13 @@ def test_metrics_json_has_the_contract_keys(trained, expected_params):
     assert m["train_seconds"] > 0
     assert m["backbone"] == "tiny"
     assert m["epochs_run"] == 2
+    # best.pt and the val metrics are those of the best epoch of the monitored metric
+    assert m["monitor"] == "val_rmse" and m["best_value"] == m["val"]["rmse"]
+    assert m["best_epoch"] in (1, 2)
+    starred = [int(re.match(r"epoch\s+(\d+)/", ln).group(1))
+               for ln in trained["train"].stdout.splitlines()
+               if re.match(r"epoch\s+\d+/\d+\b", ln) and ln.endswith("*")]
+    assert starred[0] == 1 and starred[-1] == m["best_epoch"]
 
 
 def test_tensorboard_events_written(trained):
@@ -177,6 +201,14 @@ def test_evaluate_reproduces_the_test_metrics(trained, small_csvs):
     assert result["n"] == len(load_bundle(config, small_csvs).test)
     for key in ("rmse", "mae", "r2", "mape"):
         assert result[key] == pytest.approx(saved[key], abs=1e-6), key
+
+
+def test_evaluate_reads_a_best_pt_of_an_earlier_version(trained):
+    """A best.pt written before `monitor` existed (no monitor key in it or its config)
+    evaluates to the same metrics as the file it was made from."""
+    old, new = trained["earlier-version"], trained["test"]
+    assert old.returncode == 0, old
+    assert json.loads(old.stdout) == json.loads(new.stdout)
 
 
 def test_evaluate_all_rows(trained, small_csvs):
@@ -260,6 +292,17 @@ def test_config_file_value_used_without_flag_and_language_only(precedence_runs):
 
 def _parsed(*argv: str) -> TrainConfig:
     return config_from_args(build_parser().parse_args(["train", *argv]))
+
+
+def test_monitor_flag_sets_the_field(tmp_path):
+    """--monitor is the TrainConfig field; unset it stays None (the task's own metric) and
+    a config file's value is kept until the flag overrides it."""
+    assert _parsed().monitor is None and _parsed().monitor_metric == "val_rmse"
+    assert _parsed("--monitor", "val_r2").monitor == "val_r2"
+    path = tmp_path / "c.yaml"
+    path.write_text("monitor: val_mae\n")
+    assert _parsed("--config", str(path)).monitor == "val_mae"
+    assert _parsed("--config", str(path), "--monitor", "val_loss").monitor == "val_loss"
 
 
 def test_quick_and_switch_precedence_in_process(base_yaml):
@@ -357,6 +400,9 @@ BAD_CASES: dict[str, tuple[list[str], list[str]]] = {
     "directory": (["--data", "{a_directory}"], ["a_directory", "not a regular file"]),
     "negative-temperature": (["--data", "{good.csv}", "--temperature", "-1"],
                              ["temperature must be > 0"]),
+    "unknown-monitor": (["--data", "{good.csv}", "--monitor", "val_mse"],
+                        ["monitor must be one of val_rmse, val_loss, val_mae, val_mape, "
+                         "val_r2", "'val_mse'"]),
     "year-split-without-test-year": (["--data", "{good.csv}", "--split", "year"],
                                      ["test_year", "--test-year"]),
     "test-year-not-present": (["--data", "{good.csv}", "--split", "year", "--test-year",

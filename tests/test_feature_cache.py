@@ -22,7 +22,7 @@ from timesclip.feature_cache import (
     file_sha256,
     load_or_compute,
 )
-from timesclip.train import compute_features, feature_key
+from timesclip.features import compute_features, feature_key
 
 BANDS = ["ndvi", "red"]
 

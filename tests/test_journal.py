@@ -22,33 +22,21 @@ from optuna.trial import TrialState as OptunaState
 from ray.tune.schedulers import TrialScheduler
 
 from tuner.journal import (
-    DIVERGED,
-    ERROR,
-    JOURNAL_FILE,
-    PENDING,
-    RUNNING,
-    TERMINATED,
     ExperimentState,
     Journal,
     TrialState,
-    best_value,
     read_events,
     repair_tail,
     replay,
-    select_best,
 )
-from tuner.tracking import (
-    ASHA_STATE_FILE,
-    JournaledASHA,
-    Ledger,
-    classify_end,
-    closable_at_resume,
-    rebuild_study,
-    record_end,
-    restore_sampler_state,
-    sampler_state,
-)
-from tuner.trainable import journal_checkpoint, publish_checkpoint, trial_dirname
+from tuner.layout import ASHA_STATE_FILE, JOURNAL_FILE, trial_dirname
+from tuner.outcomes import Status, best_value, classify_end, end_decided, select_best
+from tuner.study import rebuild_study, restore_sampler_state, sampler_state
+from tuner.tracking import JournaledASHA, Ledger
+from tuner.trainable import TrialSetup, journal_checkpoint, publish_checkpoint
+
+TERMINATED, DIVERGED, ERROR = Status.TERMINATED, Status.DIVERGED, Status.ERROR
+RUNNING, PENDING = Status.RUNNING, Status.PENDING
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -303,11 +291,11 @@ def test_best_value_skips_non_finite_and_breaks_ties_by_earlier_epoch():
 def test_select_best_ties_go_to_the_earlier_trial_and_mode_max():
     state = _state(("t0000", TERMINATED, [2.0, 1.0]), ("t0001", TERMINATED, [1.0]),
                    ("t0002", TERMINATED, [0.5, 3.0]))
-    assert select_best(state, "val_rmse", "min").tid == "t0002"
-    assert select_best(state, "val_rmse", "max").tid == "t0002"  # 3.0 at epoch 2
+    assert select_best(state.trials.values(), "val_rmse", "min").tid == "t0002"
+    assert select_best(state.trials.values(), "val_rmse", "max").tid == "t0002"  # 3.0, epoch 2
     tie = _state(("t0000", TERMINATED, [5.0, 1.0]), ("t0001", TERMINATED, [1.0]))
-    assert select_best(tie, "val_rmse", "min").tid == "t0000"
-    assert select_best(tie, "val_rmse", "max").tid == "t0000"
+    assert select_best(tie.trials.values(), "val_rmse", "min").tid == "t0000"
+    assert select_best(tie.trials.values(), "val_rmse", "max").tid == "t0000"
 
 
 def test_select_best_never_picks_failed_unfinished_or_by_test_metric():
@@ -316,8 +304,9 @@ def test_select_best_never_picks_failed_unfinished_or_by_test_metric():
                    ("t0004", TERMINATED, [2.0]), ("t0005", TERMINATED, [1.0]),
                    ("t0006", TERMINATED, [math.nan]))
     state.trials["t0004"].history[1]["test_rmse"] = -100.0  # far the best test score
-    assert select_best(state, "val_rmse", "min").tid == "t0005"
-    assert select_best(_state(("t0000", ERROR, [0.1]), ("t0001", TERMINATED, [math.nan])),
+    assert select_best(state.trials.values(), "val_rmse", "min").tid == "t0005"
+    assert select_best(_state(("t0000", ERROR, [0.1]),
+                              ("t0001", TERMINATED, [math.nan])).trials.values(),
                        "val_rmse", "min") is None
 
 
@@ -345,39 +334,38 @@ def test_classify_end_for_each_ending():
     assert classify_end(_trial(3, diverged=True), 8, error=True) == (ERROR, "error")
 
 
-def test_closable_at_resume_for_each_ending():
-    assert closable_at_resume(_trial(2, ["continue", "stop"]), 8)  # ASHA decided, unjournaled
-    assert closable_at_resume(_trial(2, diverged=True), 8)
-    assert not closable_at_resume(_trial(2), 8)  # still training: continue it
-    assert not closable_at_resume(_trial(0), 8)  # never reported
-    assert not closable_at_resume(_trial(2, ["stop", "continue"]), 8)  # only the last counts
+def test_end_decided_for_each_ending():
+    assert end_decided(_trial(2, ["continue", "stop"]))  # ASHA decided, unjournaled
+    assert end_decided(_trial(2, diverged=True))
+    assert not end_decided(_trial(2))  # still training: continue it
+    assert not end_decided(_trial(0))  # never reported
+    assert not end_decided(_trial(2, ["stop", "continue"]))  # only the last counts
     for status in (TERMINATED, ERROR, DIVERGED):  # already ended
-        assert not closable_at_resume(_trial(2, ["continue", "stop"], status=status), 8)
+        assert not end_decided(_trial(2, ["continue", "stop"], status=status))
 
 
-def test_closable_at_resume_when_fit_had_ended():
+def test_end_decided_when_fit_had_ended():
     """The driver died after journaling a trial's last epoch (early stopping or the epoch
     budget) but before Ray's completion reached the journal: closed, not run again."""
     events = [ev("driver_start", 1, 0.0), trial_ev("t0000", 1, 1.0, 0),
               result_ev("t0000", 1, 2.0, 1, 0.9), result_ev("t0000", 1, 3.0, 2, 0.8)]
     events[-1]["fit_ends"] = True
     trial = replay(events).trials["t0000"]
-    assert trial.fit_ends and closable_at_resume(trial, 8)
+    assert trial.fit_ends and end_decided(trial)
     assert classify_end(trial, 8, error=False) == (TERMINATED, "early_stopping")
     # a retried attempt reporting an earlier epoch again: that report decides
     trial = replay([*events, result_ev("t0000", 1, 4.0, 2, 0.8)]).trials["t0000"]
-    assert not trial.fit_ends and not closable_at_resume(trial, 8)
+    assert not trial.fit_ends and not end_decided(trial)
 
 
 def test_record_end_journals_the_value_selection_uses(tmp_path):
     journal = Journal(tmp_path / JOURNAL_FILE, 1)
-    ledger = Ledger(journal, ExperimentState(), metric="val_rmse", mode="min", max_epochs=8,
-                    experiment_dir=tmp_path)
+    ledger = Ledger(journal, ExperimentState(), metric="val_rmse", mode="min", max_epochs=8)
     ledger.record("trial", tid="t0000", index=0, params={}, dir="t0000")
     for epoch, value in ((1, 1.0), (2, 0.4), (3, 0.6)):
         ledger.record("result", tid="t0000", epoch=epoch, decision="continue",
                       metrics={"val_rmse": value})
-    end = record_end(ledger, ledger.state.trials["t0000"], error=False)
+    end = ledger.record_end(ledger.state.trials["t0000"], error=False)
     journal.close()
     assert (end["status"], end["stopped_by"], end["value"], end["best_epoch"],
             end["epochs_run"]) == (TERMINATED, "early_stopping", 0.4, 2, 3)
@@ -412,9 +400,10 @@ class AshaDriver:
         state = replay(read_events(exp_dir / JOURNAL_FILE))
         self.journal = Journal(exp_dir / JOURNAL_FILE, seg)
         self.ledger = Ledger(self.journal, state, metric="val_rmse", mode="min",
-                             max_epochs=MAX_T, experiment_dir=exp_dir)
+                             max_epochs=MAX_T)
         self.asha = JournaledASHA(self.ledger, time_attr="epoch", metric="val_rmse",
-                                  mode="min", max_t=MAX_T, grace_period=1, reduction_factor=2)
+                                  mode="min", max_t=MAX_T, grace_period=1, reduction_factor=2,
+                                  state_file=exp_dir / ASHA_STATE_FILE)
         self.restored = self.asha.restore(state.rungs) if restore else 0
         self.seg = seg
         self.fakes: dict[str, FakeTrial] = {}
@@ -546,8 +535,7 @@ def test_rebuild_study_holds_exactly_the_journaled_trials(tmp_path):
                                 direction="minimize",
                                 sampler=optuna.samplers.RandomSampler(seed=1))
     journal = Journal(tmp_path / JOURNAL_FILE, 1)
-    ledger = Ledger(journal, ExperimentState(), metric="val_rmse", mode="min", max_epochs=4,
-                    experiment_dir=tmp_path)
+    ledger = Ledger(journal, ExperimentState(), metric="val_rmse", mode="min", max_epochs=4)
     ledger.record("driver_start")
     # (how it ends, val_rmse per epoch, last decision)
     plan = [("completed", [1.0, 0.6, 0.7, 0.8]), ("asha", [2.0, 1.9]), ("diverged", [1.5]),
@@ -570,8 +558,8 @@ def test_rebuild_study_holds_exactly_the_journaled_trials(tmp_path):
             ledger.record("result", tid=tid, epoch=2, decision="stop",
                           diverged={"epoch": 2, "step": 1, "loss": None})
         if how in ("completed", "asha", "diverged", "error"):
-            record_end(ledger, ledger.state.trials[tid], error=how == "error",
-                       error_text="RuntimeError: x")
+            ledger.record_end(ledger.state.trials[tid], error=how == "error",
+                              error_text="RuntimeError: x")
     study.ask()  # asked, then the driver died before journaling it
     journal.close()
     assert len(study.trials) == 7
@@ -579,10 +567,11 @@ def test_rebuild_study_holds_exactly_the_journaled_trials(tmp_path):
     state = replay(read_events(tmp_path / JOURNAL_FILE))
     lock = tmp_path / "optuna.journal.lock"
     os.symlink(db, lock)  # Optuna's lock, left by a driver killed while appending
-    ids = rebuild_study(db, study_name="exp", direction="minimize", state=state,
+    ids = rebuild_study(db, study_name="exp", mode="min", state=state,
                         replays=state.unfinished, metric="val_rmse")
     assert not os.path.lexists(lock)  # stale: the next append would wait 30 s for it
     rebuilt = optuna.load_study(study_name="exp", storage=study_storage(db))
+    assert rebuilt.metric_names == ["val_rmse"]  # optuna-dashboard names the objective
     trials = rebuilt.trials
     assert [t.number for t in trials] == [0, 1, 2, 3, 4, 5]
     assert [t.user_attrs["trial_id"] for t in trials] == [f"t{i:04d}" for i in range(6)]
@@ -708,7 +697,7 @@ def test_an_ended_trial_keeps_its_newest_checkpoints_and_the_journals(tmp_path):
     """When a trial ends the driver keeps its newest folders plus the one the journal names
     (a trial ended at an older checkpoint than a lost run's later ones), and removes what a
     killed run left: fit()'s working folder and a half-published checkpoint."""
-    from tuner.runner import prune_checkpoints
+    from tuner.trainable import prune_trial_folder as prune_checkpoints
 
     trial_dir = tmp_path / "t0000"
     for epoch in range(1, 7):
@@ -744,14 +733,16 @@ def test_a_trial_resumes_from_the_checkpoint_its_journal_names(tmp_path):
     a visible journal (storage not shared with this node) fail loudly instead of training
     again from epoch 0."""
     journal_path, root = tmp_path / JOURNAL_FILE, tmp_path / "trials"
-    setup = {"journal": str(journal_path), "trials_root": str(root)}
+    setup = TrialSetup(kind="search", space=None, base_config={}, metric="val_rmse",  # type: ignore[arg-type]
+                       cpus_per_trial=1, feature_key="", experiment=str(tmp_path))
     trial_dir = root / "t0000-lr0.001"
     # no journal file and no checkpoints: a new trial, nothing to resume
     assert journal_checkpoint(setup, "t0000", trial_dir) is None
 
     journal = Journal(journal_path, 1)
-    journal.append("trial", tid="t0000", dir=trial_dir.name, params={})
+    journal.append("trial", tid="t0000", index=0, dir=trial_dir.name, params={})
     journal.append("result", tid="t0000", epoch=1, ckpt="checkpoint_000001", metrics={})
+    journal.append("trial", tid="t0001", index=1, dir="t0001", params={})
     journal.append("result", tid="t0001", epoch=1, ckpt="checkpoint_000009", metrics={})
     journal.close()
     for epoch in (1, 2):  # epoch 2 was published, but its result never reached the journal
@@ -853,23 +844,18 @@ def test_sigterm_in_a_finalizer_exits_quietly(hooked, tmp_path):
 def test_the_driver_waits_for_the_feature_task_and_says_why(monkeypatch):
     """Before the trials the driver polls the feature task (so a signal is handled between
     polls), says once what the task needs if it takes long, then holds the features."""
-    import types
-
     import ray
 
-    import tuner.runner as runner
+    import tuner.features as shared
 
     polls = iter([False, False, False, True])
     monkeypatch.setattr(ray, "wait", lambda refs, timeout, fetch_local: (
         (refs, []) if next(polls) else ([], refs)))
     monkeypatch.setattr(ray, "get", lambda ref: {"train": "features"})
-    monkeypatch.setattr(runner, "FEATURE_WAIT_NOTE_S", 0.0)
+    monkeypatch.setattr(shared, "FEATURE_WAIT_NOTE_S", 0.0)
     said: list[str] = []
-    exp = object.__new__(runner.Experiment)
-    exp.features, exp.echo, exp._features_started = None, said.append, 0.0
-    exp._feature_resources = "1 CPU and 1 GPU"
-    exp.args = types.SimpleNamespace(no_feature_cache=True)
-    exp._await_features("ref")
-    assert exp.features == {"train": "features"}
+    features = shared.SharedFeatures(None, None, None, said.append)  # type: ignore[arg-type]
+    features._await("ref", "1 CPU and 1 GPU")
+    assert features.features == {"train": "features"}
     assert len(said) == 1 and "still running" in said[0] and "1 CPU and 1 GPU" in said[0]
     assert next(polls, None) is None  # polled until ready

@@ -112,7 +112,7 @@ def assert_page_ok(seen: dict[str, Any], expected_images: list[str]) -> None:
 def test_fixture_page_in_chromium(chromium, tmp_path, small_bundle, small_csvs, tiny_config):
     from test_report_html import write_page_experiment
 
-    from tuner.results import build_report
+    from tuner.report import build_report
 
     exp = tmp_path / "page"
     write_page_experiment(exp, small_bundle, small_csvs, tiny_config)

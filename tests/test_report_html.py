@@ -19,16 +19,16 @@ import pytest
 from journal_fixtures import ExperimentWriter, rmse_metrics
 
 from timesclip.plots import attention_frame, predictions_frame, write_csv
-from tuner.journal import LEGACY_OPTUNA_DB, OPTUNA_JOURNAL, load_state, read_events
-from tuner.report_html import (
-    FIGURES_DIR,
+from tuner.journal import load_state, read_events
+from tuner.layout import FIGURES_DIR, LEGACY_OPTUNA_DB, OPTUNA_JOURNAL
+from tuner.report import build_report, trials_table
+from tuner.report.figures import (
     importance_reason,
     learning_curves,
     open_study,
     param_importances,
     search_history,
 )
-from tuner.results import build_report, trials_table
 from tuner.study import study_storage
 
 MAX_EPOCHS = 4
@@ -185,7 +185,7 @@ def test_history_has_one_point_per_journaled_epoch_in_journal_order(page_exp):
 
 
 def test_learning_curves_follow_the_trials_table(page_exp, small_bundle):
-    from tuner.results import load_meta, load_trials
+    from tuner.report import load_meta, load_trials
 
     state = load_state(page_exp)
     table = trials_table(load_trials(page_exp, state), load_meta(page_exp))
@@ -367,12 +367,12 @@ def test_interrupted_page_says_so_and_shows_no_test_metrics(small_bundle, small_
 
 def test_a_failing_figure_becomes_a_note_not_a_lost_report(page_exp, small_bundle, tmp_path,
                                                            monkeypatch):
-    import tuner.report_html as report_html
+    import tuner.report.figures.curves as curves
 
     def broken(*args, **kwargs):
         raise RuntimeError("plot bug")
 
-    monkeypatch.setattr(report_html, "plot_learning_curves", broken)
+    monkeypatch.setattr(curves, "plot_learning_curves", broken)
     exp = _copy(page_exp, tmp_path / "broken")
     notes: list[str] = []
     paths = build_report(exp, data_bundle=small_bundle, echo=notes.append)
@@ -386,7 +386,7 @@ def test_a_failing_figure_becomes_a_note_not_a_lost_report(page_exp, small_bundl
 def test_ablation_page(tmp_path, small_bundle, small_csvs, tiny_config):
     """Arms with two seeds (one arm with one), the references as lines, no Optuna study."""
     from timesclip.config import apply_ablation
-    from tuner.report_html import plot_ablation
+    from tuner.report.figures import plot_ablation
 
     meta = _meta(small_bundle, small_csvs, tiny_config, num_samples=10)
     meta.update(kind="ablation", space="ablation", sampled_names=["ablation", "seed"],
@@ -455,3 +455,46 @@ def test_importance_is_fitted_once_and_the_figure_shows_the_table(page_exp, smal
     assert len(fits) == 1 and len(drawn) == 1
     for name, value in drawn[0].items():
         assert f"<tr><td>{name}</td><td>{value:.3f}</td></tr>" in html
+
+
+def test_history_best_so_far_follows_the_metric_mode(page_exp):
+    """A maximised metric (val_r2 = 1 - rmse/10 in the plan): the running best is a running
+    maximum, by the same comparison selection uses."""
+    history = search_history(read_events(page_exp / "journal.jsonl"), load_state(page_exp),
+                             "val_r2", "max")
+    planned = [1.0 - v / 10.0 for _, (_, _, plan, _) in PLAN.items() for _, v, _ in plan]
+    assert history["value"].tolist() == pytest.approx(planned)
+    assert history["best_so_far"].tolist() == pytest.approx(np.maximum.accumulate(planned))
+
+
+def test_a_stored_file_name_outside_the_experiment_is_refused(page_exp, small_bundle,
+                                                              tmp_path):
+    """best_test.json altered to name a predictions file outside the experiment: that
+    figure becomes a note (and a report note), the other figures and files stay."""
+    exp = _copy(page_exp, tmp_path / "crafted" / NAME)
+    shutil.copy(exp / "best_test_predictions.csv", tmp_path / "crafted" / "elsewhere.csv")
+    best_test = json.loads((exp / "best_test.json").read_text())
+    best_test["predictions"] = "../elsewhere.csv"  # a valid predictions file, but outside
+    (exp / "best_test.json").write_text(json.dumps(best_test))
+    notes: list[str] = []
+    paths = build_report(exp, data_bundle=small_bundle, echo=notes.append)
+    html = paths.index_html.read_text()
+    assert "predicted_vs_actual.png" not in html and "attention.png" in html
+    assert "points outside the experiment folder" in html
+    assert any("Predicted vs actual (test split)" in n and "outside" in n for n in notes)
+    assert paths.best_config is not None
+
+
+def test_page_escapes_what_it_reads(page_exp, small_bundle, tmp_path):
+    """Every value from the experiment's files is escaped: markup in a name or a
+    parameter value shows as text and never becomes an element."""
+    exp = _copy(page_exp, tmp_path / "markup")
+    meta = json.loads((exp / "search_meta.json").read_text())
+    meta["name"] = "<script>alert('x')</script>"
+    meta["data"]["description"] = "<img src=x onerror=alert(1)>"
+    (exp / "search_meta.json").write_text(json.dumps(meta))
+    html = build_report(exp, data_bundle=small_bundle,
+                        echo=lambda _: None).index_html.read_text()
+    assert "<script" not in html and "<img src=x" not in html
+    assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in html
+    assert "&lt;img src=x onerror=alert(1)&gt;" in html

@@ -143,7 +143,7 @@ def test_killed_twice_and_resumed_matches_an_uninterrupted_search(tmp_path, smal
     exp = tmp_path / name
     # 1. killed by itself right after journaling its 5th result (deterministic point)
     first, _ = cli(*_args(tmp_path, name, small_csvs, *one),
-                   TIMESCLIP_CRASH_AFTER_RESULTS="5")
+                   TIMESCLIP_FAULT="after_result:5")
     assert first.returncode == -signal.SIGKILL, first.stdout[-3000:] + first.stderr[-3000:]
     held_before_kill = _rungs(exp / "asha_state.json")
     assert sum(1 for e in journal_events(exp) if e["ev"] == "result") == 5
@@ -192,7 +192,7 @@ def test_killed_twice_and_resumed_matches_an_uninterrupted_search(tmp_path, smal
     # last trial is closed from the journal) and must still settle the Optuna study
     results = sum(1 for e in journal_events(ref) if e["ev"] == "result")
     last, _ = cli(*_args(tmp_path, "at-end", small_csvs, *one),
-                  TIMESCLIP_CRASH_AFTER_RESULTS=str(results))
+                  TIMESCLIP_FAULT=f"after_result:{results}")
     assert last.returncode == -signal.SIGKILL
     ok(cli(*_args(tmp_path, "at-end", small_csvs, *one, "--resume"))[0])
     check_consistent(tmp_path / "at-end", SAMPLES)

@@ -1,4 +1,4 @@
-"""tuner.results on experiment folders written without Ray.
+"""tuner.report (and its CLI, tuner.results) on experiment folders written without Ray.
 
 Each experiment is what the search driver leaves behind: `search_meta.json`, a
 `journal.jsonl` appended through the real writer (`tuner.journal.Journal.append`), and each
@@ -27,18 +27,19 @@ from journal_fixtures import ExperimentWriter, rmse_metrics
 
 from timesclip.config import TrainConfig, apply_ablation
 from timesclip.errors import UserError
-from tuner.journal import JOURNAL_FILE, summarize_error
-from tuner.results import (
+from tuner.journal import summarize_error
+from tuner.layout import JOURNAL_FILE
+from tuner.report import (
     CONTRACT_COLUMNS,
     asha_rungs,
     build_report,
     load_meta,
     load_trials,
-    main,
     markdown_table,
     trials_table,
     write_summary,
 )
+from tuner.results import main
 
 MAX_EPOCHS = 8
 NODE_A, NODE_B = "10.0.0.1/aaaaaaaa", "10.0.0.2/bbbbbbbb"
@@ -710,3 +711,83 @@ def test_empty_journal_reports_zero_trials(tmp_path, tiny_config):
     assert len(pd.read_csv(paths.trials_csv)) == 0
     assert paths.best_config is None
     assert "interrupted: 0 of 3 trials finished" in paths.summary_md.read_text()
+
+
+# ------------------------------------------------------------------------------ one notion each
+def test_rung_table_counts_every_trial_once_by_how_it_ended(search_report):
+    """The rung table has one count column per StopReason (a diverged trial is counted) and
+    no column that nothing produces."""
+    from tuner.outcomes import StopReason
+
+    text = search_report.summary_md.read_text()
+    rung = text.split("## ASHA rungs")[1].split("## Top")[0]
+    lines = [ln for ln in rung.splitlines() if ln.startswith("|")]
+    assert lines[0] == ("| epochs | ASHA rung | reached | stopped by ASHA | early stopping | "
+                        "completed | diverged | error | unfinished |")
+    assert len(lines[0].split("|")) - 5 == len(StopReason)  # 3 leading columns + 6 reasons
+    rows = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines[2:]]
+    counts = [[int(c) for c in row[3:]] for row in rows]
+    table = pd.read_parquet(search_report.trials_parquet)
+    assert sum(map(sum, counts)) == len(table) == 7  # every trial exactly once
+    # epoch 1: t0004 and t0006 stopped by ASHA, t0002 diverged
+    assert rows[0][:3] == ["1", "yes", "7"] and counts[0] == [2, 0, 0, 1, 0, 0]
+    assert "no results" not in text
+
+
+def test_faded_curves_are_the_trials_that_did_not_run_their_course():
+    from tuner.outcomes import StopReason
+    from tuner.report.figures.curves import FADED
+
+    assert set(FADED) == set(StopReason) - {StopReason.COMPLETED, StopReason.EARLY_STOPPING}
+
+
+def test_a_maximised_metric_ranks_and_picks_by_the_same_comparison(search_exp):
+    """metric val_r2 (mode max): the best_* columns come from the epoch of the highest R²,
+    the table is ordered highest first, and its first row is select_best's trial."""
+    from tuner.journal import load_state
+    from tuner.outcomes import select_best
+
+    meta = {**load_meta(search_exp), "metric": "val_r2", "mode": "max"}
+    state = load_state(search_exp)
+    # t0000's epoch 3 now has the highest R² of all, though not its lowest RMSE (epoch 8)
+    state.trials["t0000"].history[3]["val_r2"] = 0.999
+    table = trials_table(load_trials(search_exp, state), meta)
+    ended = table[table["status"] == "TERMINATED"]
+    values = ended["best_val_r2"].to_numpy(dtype=float)
+    assert np.all(np.diff(values) <= 0) and len(values) == 5
+    assert table["trial_id"].iloc[0] == select_best(state.trials.values(), "val_r2",
+                                                    "max").tid == "t0000"
+    rows = _rows(table)
+    assert rows["t0000"]["best_epoch"] == 3 and rows["t0000"]["best_val_r2"] == 0.999
+    assert rows["t0000"]["best_val_rmse"] == pytest.approx(_v(0.5, 3))  # epoch 3's row
+    # t0003 re-reported epoch 2 (0.06) after epoch 1 (0.05): R² = 1 - rmse/10 peaks at epoch 1
+    assert rows["t0003"]["best_epoch"] == 1
+    assert rows["t0003"]["best_val_r2"] == pytest.approx(1 - 0.05 / 10)
+    assert rows["t0003"]["best_val_rmse"] == pytest.approx(0.05)  # the same epoch's row
+
+
+@pytest.mark.parametrize("dirname", ["../../outside", "linked"])
+def test_a_journaled_folder_outside_the_experiment_is_refused(search_exp, tmp_path, dirname):
+    """A journal altered to name a trial folder outside the experiment (a relative path, or
+    a folder under trials/ that links elsewhere): one-line error, exit code 2, and nothing
+    is read from that folder or written."""
+    exp = _copy(search_exp, tmp_path / "crafted")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "train_config.yaml").write_text("backbone: tiny\n")
+    (exp / "trials" / "linked").symlink_to(outside)
+    lines = (exp / JOURNAL_FILE).read_text().splitlines()
+    for i, line in enumerate(lines):
+        event = json.loads(line)
+        if event["ev"] == "trial" and event["tid"] == "t0001":
+            event["dir"] = dirname
+            lines[i] = json.dumps(event)
+    (exp / JOURNAL_FILE).write_text("\n".join(lines) + "\n")
+    with pytest.raises(UserError, match="refusing to use it"):
+        build_report(exp, echo=_quiet)
+    assert not (exp / "report").exists() and not list(exp.glob(".report-*"))
+    proc = subprocess.run([sys.executable, "-m", "tuner.results", str(exp)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and dirname in err[0]

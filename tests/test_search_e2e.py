@@ -25,8 +25,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from tuner.journal import OPTUNA_JOURNAL
-from tuner.results import CONTRACT_COLUMNS
+from tuner.layout import OPTUNA_JOURNAL
+from tuner.report import CONTRACT_COLUMNS
 from tuner.study import open_stored_study
 
 REPO = Path(__file__).resolve().parents[1]
@@ -144,11 +144,62 @@ def test_acceptance_search_completes_with_contract_report(acceptance):
 
 
 @pytest.mark.e2e
+def test_acceptance_every_stored_best_is_the_selected_epoch(acceptance):
+    """One notion of "best": for every trial, best.pt holds the epoch of its best val_rmse
+    (the search metric is the trainer's monitor), and trials.csv, final.json, best_test.json
+    and best_config.yaml's provenance name that same epoch; best_test.json records the epoch
+    of the weights it scored. The full space samples the contrastive loss on and off, so
+    val_loss (with the contrastive term) and val_rmse can disagree about the best epoch."""
+    import yaml
+
+    from timesclip.checkpoint import BEST, safe_load
+    from tuner.journal import load_state
+    from tuner.layout import ExperimentLayout
+    from tuner.outcomes import best_value
+
+    exp = acceptance["exp"]
+    layout = ExperimentLayout.at(exp)
+    state = load_state(exp)
+    csv = _read_csv(exp / "report" / "trials.csv").set_index("trial_id")
+    disagree = 0
+    for trial in state.trials.values():
+        value, epoch = best_value(trial.history, "val_rmse", "min")
+        stored = safe_load(layout.checkpoint_dir(trial.dirname, trial.checkpoint) / BEST, "")
+        assert (stored["epoch"], stored["monitor"]) == (epoch, "val_rmse"), trial.tid
+        assert stored["best_value"] == pytest.approx(value)
+        assert int(csv.loc[trial.tid, "best_epoch"]) == epoch
+        final = layout.trial_dir(trial.dirname) / "final.json"
+        if final.exists():
+            assert json.loads(final.read_text())["best_epoch"] == epoch
+        losses = {e: h["val_loss"] for e, h in trial.history.items()}
+        disagree += min(losses, key=losses.get) != epoch
+    best_test = json.loads((exp / "best_test.json").read_text())
+    chosen = state.trials[best_test["trial_id"]]
+    assert best_test["epoch"] == best_test["selected_epoch"] == \
+        best_value(chosen.history, "val_rmse", "min")[1]
+    provenance = yaml.safe_load((exp / "report" / "best_config.yaml").read_text())["provenance"]
+    assert provenance["metric"]["epoch"] == best_test["epoch"]
+    print(f"[info] trials whose best val_loss epoch is another epoch: {disagree} of "
+          f"{len(state.trials)}")
+
+
+@pytest.mark.e2e
+def test_acceptance_log_has_no_colour_codes(acceptance):
+    """Output to a pipe (a log file) carries no ANSI colour codes from Ray's worker prefixes
+    (test_hooks checks Ray's printer itself; this is the whole search's output)."""
+    output = acceptance["stdout"] + acceptance["stderr"]
+    print(f"[info] worker-prefixed lines in the output: {output.count(' pid=')}")
+    assert "\x1b[" not in output
+
+
+@pytest.mark.e2e
 def test_acceptance_optuna_recorded_every_trial(acceptance):
     import optuna
 
     exp = acceptance["exp"]
     study = open_stored_study(exp / OPTUNA_JOURNAL, EXPERIMENT)
+    # the objective is named (optuna-dashboard shows val_rmse, not "Objective 0")
+    assert study.metric_names == ["val_rmse"]
     trials = study.get_trials(deepcopy=False)
     assert len(trials) == NUM_SAMPLES
     states = [t.state for t in trials]
@@ -278,12 +329,12 @@ def test_ablation_report(tmp_path):
 def test_make_sampler_follows_searcher():
     import optuna
 
-    from tuner.runner import make_sampler
+    from tuner.study import make_sampler
 
-    assert type(make_sampler("random", 3)) is optuna.samplers.RandomSampler
-    assert type(make_sampler("tpe", 3)) is optuna.samplers.TPESampler
+    assert type(make_sampler("random", 3, startup_trials=4)) is optuna.samplers.RandomSampler
+    assert type(make_sampler("tpe", 3, startup_trials=4)) is optuna.samplers.TPESampler
     with pytest.raises(ValueError):
-        make_sampler("grid", 3)
+        make_sampler("grid", 3, startup_trials=4)
 
 
 @pytest.mark.e2e
@@ -370,7 +421,6 @@ def _predicted_lrs(space, seed: int, n: int) -> list[float]:
 def test_failing_trial_is_reported_and_search_finishes(tmp_path, small_csvs):
     import optuna
 
-    from timesclip.config import TrainConfig
     from timesclip.data import load_bundle
     from timesclip.errors import NonFiniteLossError
     from timesclip.train import fit
@@ -388,8 +438,8 @@ def test_failing_trial_is_reported_and_search_finishes(tmp_path, small_csvs):
     print(f"\n[info] --seed {seed}: Optuna proposes lr {lrs}")
 
     # precondition: the absurd learning rate really diverges with this trial config
-    config = space.trial_config(TrainConfig(), {"lr": ABSURD_LR}).replace(seed=seed,
-                                                                          device="cpu")
+    config = space.trial_config(space.base_config(), {"lr": ABSURD_LR}).replace(
+        seed=seed, device="cpu")
     with pytest.raises(NonFiniteLossError):
         fit(config, load_bundle(config, small_csvs), evaluate_test=False)
 
@@ -460,18 +510,24 @@ PREFLIGHT = {
                              "cannot load CLIP backbone '/no/such/dir'"),
     "grace-above-max-epochs": (["--space", "quick", "--grace-period", "5",
                                 "--max-epochs", "2"],
-                               "--grace-period (5) must be <= --max-epochs (2)"),
+                               "--grace-period: grace_period (5) must be <= max_epochs (2)"),
     "existing-experiment": (["--space", "quick", "--name", "taken"],
                             "already exists; pass --resume"),
     # a zero is a value, never replaced by the space's default
     "zero-num-samples": (["--space", "quick", "--num-samples", "0"],
-                         "--num-samples must be >= 1, got 0"),
+                         "--num-samples: must be >= 1, got 0"),
     "zero-max-epochs": (["--space", "quick", "--max-epochs", "0"],
-                        "--max-epochs must be >= 1, got 0"),
+                        "--max-epochs: must be >= 1, got 0"),
     "zero-grace-period": (["--space", "quick", "--grace-period", "0"],
-                          "--grace-period must be >= 1, got 0"),
+                          "--grace-period: must be >= 1, got 0"),
     "zero-max-concurrent": (["--space", "quick", "--max-concurrent", "0"],
-                            "--max-concurrent must be >= 1, got 0"),
+                            "--max-concurrent: must be >= 1, got 0"),
+    # a flag is held to the rule a space file's value is held to (one validator)
+    "gpus-above-one-not-whole": (["--space", "quick", "--gpus-per-trial", "1.5"],
+                                 "--gpus-per-trial: Ray shares a GPU only in fractions below "
+                                 "1; above 1 use a whole number, got 1.5"),
+    "zero-cpus": (["--space", "quick", "--cpus-per-trial", "0"],
+                  "--cpus-per-trial: must be > 0, got 0"),
     "name-leaves-storage": (["--space", "quick", "--name", "../../escape"],
                             "--name '../../escape': use one path component"),
     "object-store-storage": (["--space", "quick", "--storage", "s3://bucket/x"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import pickle
 import zlib
@@ -16,7 +17,17 @@ from optuna.samplers import TPESampler
 
 from timesclip.config import ABLATIONS, TrainConfig
 from timesclip.errors import ConfigError
-from tuner.spaces import ParamSpec, SearchSpace, list_spaces, load_space
+from timesclip.metrics import METRIC_MODES
+from tuner.spaces import (
+    ParamSpec,
+    Resources,
+    SearchSpace,
+    check_budget,
+    check_resources,
+    list_spaces,
+    load_space,
+)
+from tuner.spaces.model import same
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -177,7 +188,8 @@ def test_define_by_run_respects_bounds_and_conditions() -> None:
 
 def test_trial_config_is_a_valid_trainconfig() -> None:
     space = load_space("full")
-    base = TrainConfig(seed=7, input_steps=12)
+    base = space.base_config(TrainConfig(seed=7, input_steps=12, patience=4, epochs=3))
+    assert (base.patience, base.epochs) == (space.base["patience"], space.budget.max_epochs)
     for params, constants in _run_asks(space, 15, seed=1):
         cfg = space.trial_config(base, {**params, **constants})
         assert cfg.epochs == space.budget.max_epochs
@@ -193,15 +205,22 @@ def test_trial_config_is_a_valid_trainconfig() -> None:
 
 def test_trial_config_precedence_and_errors() -> None:
     space = load_space("quick")
-    base = TrainConfig(backbone="openai/clip-vit-base-patch16", lr=5e-4)
+    below = TrainConfig(backbone="openai/clip-vit-base-patch16", lr=5e-4, epochs=50)
+    base = space.base_config(below)
+    assert base.backbone == "tiny"  # the space's base beats --config
+    assert base.epochs == space.budget.max_epochs  # epochs follows the budget
     cfg = space.trial_config(base, {"temperature": 0.2})
-    assert cfg.backbone == "tiny"  # space base beats base_config
-    assert cfg.lr == 5e-4 and cfg.temperature == 0.2
-    cfg = space.trial_config(base, {"lr": 1e-3}, overrides={"backbone": "my/dir", "lr": 2e-4})
-    assert cfg.backbone == "my/dir"  # overrides beat space base
-    assert cfg.lr == 1e-3  # sampled values beat overrides
+    assert cfg.lr == 5e-4 and cfg.temperature == 0.2 and cfg.backbone == "tiny"
+    # the caller's base is complete: trial_config never re-applies the space's base, so a
+    # flag merged into it (here --backbone my/dir) stays; only sampled values beat it
+    flagged = base.replace(backbone="my/dir", lr=2e-4)
+    cfg = space.trial_config(flagged, {"lr": 1e-3})
+    assert cfg.backbone == "my/dir" and cfg.lr == 1e-3
+    assert cfg.epochs == space.budget.max_epochs and cfg.patience == space.base["patience"]
     with pytest.raises(ConfigError, match="unknown key 'lrr'.*did you mean 'lr'"):
         space.trial_config(base, {"lrr": 1e-3})
+    with pytest.raises(ConfigError, match="epochs cannot be sampled: it follows budget"):
+        space.trial_config(base, {"epochs": 3})
     full = load_space("full")
     with pytest.raises(ConfigError, match="patch='5/5' is not one of"):
         full.trial_config(TrainConfig(), {"patch": "5/5"})
@@ -221,7 +240,7 @@ def test_optuna_search_integration_and_pickle(tmp_path: Path) -> None:
                             sampler=TPESampler(seed=0))
     config = searcher.suggest("t0")
     assert "patch" in config and config["patch_length"] == int(config["patch"].split("/")[0])
-    cfg = space.trial_config(TrainConfig(), config)
+    cfg = space.trial_config(space.base_config(), config)
     assert cfg.stride == int(config["patch"].split("/")[1])
     searcher.on_trial_complete("t0", {"val_rmse": 1.0})
     searcher.save(str(tmp_path / "searcher.pkl"))
@@ -239,7 +258,7 @@ def test_fixed_parameters_are_returned_as_constants(tmp_path: Path) -> None:
         assert set(constants) == {"grad_clip", "patch_length", "stride"}
         assert constants["grad_clip"] == 0.5
         assert "grad_clip" not in params and params["head_hidden"] in (16, 32, 48, 64)
-        cfg = space.trial_config(TrainConfig(), {**params, **constants})
+        cfg = space.trial_config(space.base_config(), {**params, **constants})
         assert cfg.grad_clip == 0.5 and cfg.head_hidden == params["head_hidden"]
     assert "grad_clip" in space.sampled_names()
 
@@ -268,7 +287,7 @@ def test_ablation_grid_and_configs() -> None:
     assert space.budget.grace_period == space.budget.max_epochs
     assert grid[0] == {"ablation": "E1", "seed": 0}
     for entry in grid:
-        cfg = space.trial_config(TrainConfig(), entry)
+        cfg = space.trial_config(space.base_config(TrainConfig(epochs=7)), entry)
         assert cfg.ablation_id == entry["ablation"] and cfg.seed == entry["seed"]
         assert cfg.epochs == 100
     with pytest.raises(ConfigError, match="ablation grid"):
@@ -278,20 +297,189 @@ def test_ablation_grid_and_configs() -> None:
     assert set(space.sampled_names()) == set(ABLATIONS["E1"]) | {"seed"}
 
 
-def test_with_overrides() -> None:
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def _sourced(path: Path | str, section: str, flags: set[str]):
+    """where() as a caller that merges flags into the file's values names each key: the
+    flag for a key given on the command line, the file's key otherwise."""
+    return lambda key: _flag(key) if key in flags else f"{path}: {section}.{key}"
+
+
+def test_check_budget_merges_command_line_values() -> None:
     quick = load_space("quick")
-    smaller = quick.with_overrides(max_epochs=3, num_samples=2, gpus_per_trial=None)
-    assert (smaller.budget.max_epochs, smaller.budget.num_samples) == (3, 2)
-    assert quick.budget.max_epochs == 6  # the original is untouched
-    assert smaller.trial_config(TrainConfig(), {}).epochs == 3
-    with pytest.raises(ConfigError, match=r"grace_period \(5\) must be <= max_epochs \(3\)"):
-        load_space("full").with_overrides(max_epochs=3)
-    ablation = load_space("ablation").with_overrides(max_epochs=4)
-    assert ablation.budget.grace_period == 4  # ablation arms are never pruned
-    with pytest.raises(ConfigError, match="arms x seeds"):
-        load_space("ablation").with_overrides(num_samples=3)
-    with pytest.raises(ConfigError, match="unknown search override"):
-        quick.with_overrides(max_epoch=3)
+    raw = {**dataclasses.asdict(quick.budget), "max_epochs": 3, "num_samples": 2}
+    budget = check_budget(raw, kind="search", grid_size=0,
+                          where=_sourced(quick.path, "budget", {"max_epochs", "num_samples"}))
+    assert (budget.max_epochs, budget.num_samples, budget.grace_period) == (3, 2, 1)
+    assert quick.budget.max_epochs == 6  # the space is untouched
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        budget.max_epochs = 5  # type: ignore[misc]
+    full = load_space("full")
+    with pytest.raises(ConfigError, match=r"budget\.grace_period: grace_period \(5\) must be "
+                                          r"<= max_epochs \(3\)"):
+        check_budget({**dataclasses.asdict(full.budget), "max_epochs": 3}, kind="search",
+                     grid_size=0, where=_sourced(full.path, "budget", {"max_epochs"}))
+    with pytest.raises(ConfigError, match=r"^--max-epoch: not a key of a search budget "
+                                          r"\(did you mean 'max_epochs'\?\)"):
+        check_budget({**raw, "max_epoch": 3}, kind="search", grid_size=0,
+                     where=_sourced(quick.path, "budget", {"max_epoch"}))
+
+
+def test_check_budget_of_an_ablation() -> None:
+    """An ablation's grid sets num_samples, and grace_period follows max_epochs (arms are
+    never pruned) unless it is given, when it must equal max_epochs."""
+    where = _sourced("ablation.yaml", "budget", {"max_epochs"})
+    budget = check_budget({"max_epochs": 4}, kind="ablation", grid_size=15, where=where)
+    assert (budget.num_samples, budget.grace_period, budget.reduction_factor) == (15, 4, 2)
+    assert (budget.metric, budget.mode) == ("val_rmse", "min")
+    with pytest.raises(ConfigError, match=r"^--num-samples: an ablation runs arms x seeds = "
+                                          r"15 trials"):
+        check_budget({"max_epochs": 4, "num_samples": 3}, kind="ablation", grid_size=15,
+                     where=_sourced("a.yaml", "budget", {"num_samples"}))
+    with pytest.raises(ConfigError, match=r"^a\.yaml: budget\.grace_period: an ablation runs "
+                                          r"every arm to the end \(no pruning\); set it to "
+                                          r"max_epochs \(4\)"):
+        check_budget({"max_epochs": 4, "grace_period": 100}, kind="ablation", grid_size=15,
+                     where=_sourced("a.yaml", "budget", {"max_epochs"}))
+
+
+def test_every_metric_of_the_trainer_with_its_direction() -> None:
+    """The search's metrics and modes are timesclip.metrics' (one owner of the names)."""
+    for metric, mode in METRIC_MODES.items():
+        budget = check_budget({"max_epochs": 2, "metric": metric}, kind="ablation",
+                              grid_size=1, where=lambda key: key)
+        assert budget.mode == mode
+        wrong = "max" if mode == "min" else "min"
+        with pytest.raises(ConfigError, match=f"^mode: {metric} is better when .*; use mode: "
+                                              f"{mode}$"):
+            check_budget({"max_epochs": 2, "metric": metric, "mode": wrong}, kind="ablation",
+                         grid_size=1, where=lambda key: key)
+
+
+#: (section, key, bad value, text of the rule) for every rule of a budget or a resource; an
+#: ablation's rules are tested on the ablation document.
+SOURCED_RULES = [
+    ("budget", "num_samples", 0, "must be >= 1, got 0"),
+    ("budget", "max_epochs", 0, "must be >= 1, got 0"),
+    ("budget", "grace_period", 0, "must be >= 1, got 0"),
+    ("budget", "grace_period", 11, "grace_period (11) must be <= max_epochs (10)"),
+    ("budget", "max_concurrent", 0, "must be >= 1, got 0"),
+    ("budget", "startup_trials", 0, "must be >= 1, got 0"),
+    ("budget", "num_samples", 2.5, "expected an integer, got 2.5"),
+    ("budget", "num_samples", True, "expected an integer, got True"),
+    ("budget", "reduction_factor", 1, "must be > 1, got 1"),
+    ("budget", "reduction_factor", float("inf"), "expected a finite number, got inf"),
+    ("budget", "metric", "rmse", "unknown metric 'rmse'; one of val_rmse"),
+    ("budget", "mode", "up", "must be 'min' or 'max', got 'up'"),
+    ("resources", "cpus_per_trial", 0, "must be > 0, got 0"),
+    ("resources", "gpus_per_trial", -1, "must be >= 0, got -1"),
+    ("resources", "gpus_per_trial", 1.5, "Ray shares a GPU only in fractions below 1; above "
+                                         "1 use a whole number, got 1.5"),
+]
+
+
+@pytest.mark.parametrize("section,key,value,text", SOURCED_RULES,
+                         ids=[f"{c[1]}={c[2]}" for c in SOURCED_RULES])
+def test_a_rule_refuses_a_file_value_and_a_flag_value_alike(
+        tmp_path: Path, section: str, key: str, value: Any, text: str) -> None:
+    """One validator: the value refused in a space file is refused as a command-line flag
+    by the same rule, and the message names where the value came from."""
+    doc = _search_doc()
+    doc[section][key] = value
+    path = _write(tmp_path, doc)
+    with pytest.raises(ConfigError) as from_file:
+        load_space(str(path))
+    assert str(from_file.value).startswith(f"{path}: {section}.{key}: "), from_file.value
+    assert text in str(from_file.value)
+
+    raw = _search_doc()[section]
+    where = _sourced(path, section, {key})
+    with pytest.raises(ConfigError) as from_flag:
+        if section == "budget":
+            check_budget({**raw, key: value}, kind="search", grid_size=0, where=where)
+        else:
+            check_resources({**raw, key: value}, where=where)
+    assert str(from_flag.value).startswith(f"{_flag(key)}: "), from_flag.value
+    # the same rule, word for word, whatever the source
+    assert str(from_flag.value).removeprefix(f"{_flag(key)}: ") == \
+        str(from_file.value).removeprefix(f"{path}: {section}.{key}: ")
+
+
+def test_resources_defaults_and_whole_gpus() -> None:
+    assert check_resources({}, where=lambda key: key) == Resources(cpus_per_trial=1,
+                                                                    gpus_per_trial=0)
+    assert check_resources({"gpus_per_trial": 2, "cpus_per_trial": "0.5"},
+                           where=lambda key: key).gpus_per_trial == 2
+    assert check_resources({"gpus_per_trial": 0.25}, where=lambda key: key).gpus_per_trial \
+        == 0.25
+
+
+#: A value written in a space's base and in a --config file (or as a flag's text) means the
+#: same thing: (field, value as YAML reads it, the value of the field).
+SAME_VALUE = [
+    ("weight_decay", "1e-3", 1e-3),  # YAML 1.1 reads 1e-3 (no dot) as a string
+    ("weight_decay", 0, 0.0),
+    ("patience", "7", 7),
+    ("patience", 7.0, 7),
+    ("freeze_text", "false", False),
+    ("freeze_text", "No", False),
+    ("bands", "ndvi, red", ["ndvi", "red"]),  # the --bands form
+    ("bands", ["ndvi", "red"], ["ndvi", "red"]),
+    ("test_year", None, None),
+    ("monitor", None, None),
+]
+#: ... and a value refused by both, with the same words: (field, value, text).
+SAME_REFUSAL = [
+    ("patience", 2.5, "patience must be an integer, got 2.5"),
+    ("freeze_text", 1, "freeze_text must be true or false, got 1"),
+    ("freeze_text", "maybe", "freeze_text must be true or false, got 'maybe'"),
+    ("weight_decay", float("inf"), "weight_decay must be a finite number, got inf"),
+    ("weight_decay", True, "weight_decay must be a finite number, got True"),
+    ("weight_decay", None, "weight_decay cannot be null"),
+    ("backbone", 5, "backbone must be a string (quote it in YAML), got 5"),
+    ("bands", ["ndvi", 2], "bands must be a list of names or a comma-separated string"),
+]
+
+
+def test_a_value_means_the_same_in_a_space_and_a_config(tmp_path: Path) -> None:
+    """One reader (timesclip.config.coerce_field) for space values, --config and flags."""
+    for name, written, meant in SAME_VALUE:
+        doc = _search_doc()
+        doc["base"][name] = written
+        space = load_space(str(_write(tmp_path, doc)))
+        config = TrainConfig.from_dict({name: written}, source="cfg")
+        assert same(space.base[name], meant) and same(getattr(config, name), meant), name
+        assert same(getattr(space.base_config(), name), meant)
+    for name, written, text in SAME_REFUSAL:
+        doc = _search_doc()
+        doc["base"][name] = written
+        path = _write(tmp_path, doc)
+        with pytest.raises(ConfigError) as in_space:
+            load_space(str(path))
+        with pytest.raises(ConfigError) as in_config:
+            TrainConfig.from_dict({name: written}, source="cfg")
+        assert str(in_space.value).startswith(f"{path}: base.{name}: {text}"), in_space.value
+        assert str(in_space.value).removeprefix(f"{path}: base.{name}: ") == \
+            str(in_config.value).removeprefix("cfg: "), name
+        assert text in str(in_config.value)
+
+
+def test_numbers_written_plainly_in_a_space_file(tmp_path: Path) -> None:
+    """YAML 1.1 reads 1e-3 and 1e3 as text; bounds, choices and budget take them as numbers."""
+    path = tmp_path / "plain.yaml"
+    path.write_text("description: plain numbers\nkind: search\n"
+                    "budget: {num_samples: 2, max_epochs: 10, grace_period: 1, "
+                    "reduction_factor: 2}\n"
+                    "parameters:\n"
+                    "  lr: {type: loguniform, low: 1e-5, high: 1e-3}\n"
+                    "  weight_decay: {type: choice, choices: [0, 1e-4]}\n")
+    space = load_space(str(path))
+    assert yaml.safe_load(path.read_text())["parameters"]["lr"]["low"] == "1e-5"
+    lr, wd = space.parameters
+    assert (lr.low, lr.high, wd.choices) == (1e-5, 1e-3, [0.0, 1e-4])
+    assert space.budget.max_epochs == 10
 
 
 # ---------------------------------------------------------------------------- invalid files
@@ -375,7 +563,7 @@ INVALID_SEARCH = [
     ("cond-not-in-space", {f"{P}.lr.condition": {"field": "freeze_text", "equals": True}},
      "parameters.lr.condition.field", "not set by an earlier parameter or by base"),
     ("cond-unsampled-value",
-     {f"{P}.contrastive_weight.condition": {"field": "use_contrastive", "equals": "yes"}},
+     {f"{P}.contrastive_weight.condition": {"field": "use_contrastive", "equals": 1}},
      "parameters.contrastive_weight.condition.equals", "true or false"),
     ("cond-both", {f"{P}.contrastive_weight.condition":
                    {"field": "use_contrastive", "equals": True, "in": [True]}},
@@ -392,7 +580,7 @@ INVALID_SEARCH = [
     ("wrong-type-choice", {f"{P}.batch_size":
                            {"type": "choice", "choices": [16, "big"]}},
      "parameters.batch_size.choices[1]", "integer"),
-    ("wrong-type-bool", {f"{P}.use_contrastive.choices": ["yes", "no"]},
+    ("wrong-type-bool", {f"{P}.use_contrastive.choices": ["maybe", "no"]},
      "parameters.use_contrastive.choices[0]", "true or false"),
     ("uniform-on-int", {f"{P}.d_model": {"type": "uniform", "low": 32, "high": 64}},
      "parameters.d_model.type", "use type int"),
@@ -457,7 +645,7 @@ INVALID_ABLATION = [
     ("unknown-arm", {"ablation.arms": ["E1", "E9"]}, "ablation.arms", "unknown arm 'E9'"),
     ("duplicate-arm", {"ablation.arms": ["E1", "e1"]}, "ablation.arms", "listed twice"),
     ("missing-seeds", {"ablation.seeds": _DELETE}, "ablation", "missing required key seeds"),
-    ("bad-seeds", {"ablation.seeds": [0, "a"]}, "ablation.seeds", "integers"),
+    ("bad-seeds", {"ablation.seeds": [0, "a"]}, "ablation.seeds[1]", "expected an integer"),
     ("pruning", {"budget.grace_period": 2}, "budget.grace_period", "no pruning"),
     ("num-samples", {"budget.num_samples": 3}, "budget.num_samples", "arms x seeds = 4"),
     ("parameters", {P: {"lr": {"type": "fixed", "value": 1e-3}}}, "parameters",

@@ -7,7 +7,7 @@ import optuna
 import pytest
 from search_helpers import benchmark_module
 
-from tuner.journal import LEGACY_OPTUNA_DB, OPTUNA_JOURNAL
+from tuner.layout import LEGACY_OPTUNA_DB, OPTUNA_JOURNAL
 from tuner.spaces import load_space
 from tuner.study import find_study, open_stored_study, study_storage
 

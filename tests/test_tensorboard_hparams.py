@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from timesclip.train import HPARAM_METRICS, fit
+from timesclip.tensorboard import HPARAM_METRICS
+from timesclip.train import fit
 
 #: Language only: the vision branch has nothing to do with TensorBoard and costs seconds.
 FAST = {"use_vision": False, "use_contrastive": False}
@@ -95,17 +96,22 @@ def test_default_hparams_are_the_whole_config(small_bundle, tiny_config, tmp_pat
 
 def test_trial_hparams_cover_every_sampled_name():
     from tuner.spaces import load_space
-    from tuner.trainable import trial_hparams
+    from tuner.trainable import TrialSetup, trial_hparams
 
     space = load_space("quick")
-    setup = {"kind": "search", "space": space}
+
+    def setup_of(kind: str) -> TrialSetup:
+        return TrialSetup(kind=kind, space=space, base_config={}, metric="val_rmse",
+                          cpus_per_trial=1, feature_key="", experiment="/tmp/x")
+
+    setup = setup_of("search")
     params = {"trial_id": "t0003", "use_contrastive": False, "lr": 1e-3}
     out = trial_hparams(params, setup)
     assert list(out) == ["trial_id", *space.sampled_names()]
     assert out["trial_id"] == "t0003" and out["lr"] == 1e-3
     assert out["temperature"] is None and out["contrastive_weight"] is None
     ablation = trial_hparams({"trial_id": "t0001", "ablation": "E3", "seed": 1},
-                             {"kind": "ablation", "space": None})
+                             setup_of("ablation"))
     assert ablation == {"trial_id": "t0001", "ablation": "E3", "seed": 1}
 
 

@@ -13,8 +13,9 @@ import torch
 
 from timesclip.config import ABLATIONS, apply_ablation
 from timesclip.errors import ConfigError, NonFiniteLossError
+from timesclip.metrics import EPOCH_METRICS
 from timesclip.model import TimesCLIP, load_backbone
-from timesclip.train import EPOCH_METRICS, build_optimizer, fit
+from timesclip.train import build_optimizer, fit
 
 
 def test_fit_reports_each_epoch_with_contract_names(small_bundle, tiny_config, tmp_path,
@@ -77,6 +78,12 @@ def test_resume_continues_as_if_never_stopped(small_bundle, tiny_config, tmp_pat
         [h["val_loss"] for h in full.history], rel=1e-6, abs=1e-9)
     assert resumed.val == pytest.approx(full.val, rel=1e-6)
     assert resumed.test == pytest.approx(full.test, rel=1e-6)
+    # the monitor's state came back too: same best epoch, value and early-stopping count
+    assert (resumed.monitor, resumed.best_epoch) == (full.monitor, full.best_epoch)
+    assert resumed.best_value == pytest.approx(full.best_value, rel=1e-6)
+    last = [torch.load(tmp_path / d / "last.pt", weights_only=True) for d in ("full", "part")]
+    assert [(c["monitor"], c["best_epoch"], c["bad_epochs"]) for c in last] == [
+        (full.monitor, full.best_epoch, full.epochs_run - full.best_epoch)] * 2
 
 
 def test_non_finite_loss_raises_specific_error(small_bundle, tiny_config):
@@ -86,12 +93,190 @@ def test_non_finite_loss_raises_specific_error(small_bundle, tiny_config):
         fit(tiny_config.replace(use_vision=False, use_contrastive=False), broken)
 
 
-def test_early_stopping_when_val_loss_stalls(small_bundle, tiny_config):
-    # lr far below float32 resolution: weights cannot move, so val_loss never improves
+def test_early_stopping_when_nothing_improves(small_bundle, tiny_config):
+    # lr far below float32 resolution: weights cannot move, so no metric ever improves
     config = tiny_config.replace(lr=1e-14, weight_decay=0.0, epochs=20, patience=2)
     result = fit(config, small_bundle, evaluate_test=False)
     assert result.stopped_early and result.epochs_run == 3 and result.best_epoch == 1
     assert result.test is None
+
+
+# ----------------------------------------------------------------------------- the monitor
+#: A heavy contrastive term on the small data set: val_loss is then mostly the InfoNCE
+#: term, and its best epoch (12, the last) is not that of val_rmse (10) -- measured on
+#: this seed: val_rmse 1.49 at epoch 10 vs 1.55 at 12, val_loss 62.12 vs 60.54. The
+#: monitored best is not the last epoch, so best.pt cannot be the final weights by chance.
+DIVERGING = dict(contrastive_weight=20.0, lr=3e-3, epochs=12, patience=15)
+
+
+def _first_best(values: list[float], mode: str = "min") -> int:
+    """1-based epoch of the best value, the earliest one on a tie (how a search picks)."""
+    return int(np.argmin(values) if mode == "min" else np.argmax(values)) + 1
+
+
+@pytest.fixture(scope="module")
+def diverging_run(small_bundle, tiny_config, tmp_path_factory):
+    """One run where the lowest val_loss and the lowest val_rmse fall on different epochs,
+    with its reports, checkpoint folder and result."""
+    config = tiny_config.replace(**DIVERGING)
+    assert config.use_contrastive and config.monitor is None
+    ckdir = tmp_path_factory.mktemp("diverging")
+    reports: list[dict[str, float]] = []
+    result = fit(config, small_bundle, checkpoint_dir=ckdir,
+                 report=lambda epoch, metrics, ck: reports.append(metrics))
+    return config, ckdir, reports, result
+
+
+def test_best_checkpoint_is_the_epoch_of_the_monitored_metric(diverging_run, small_bundle):
+    """best.pt, FitResult and its val metrics all follow val_rmse (the default monitor),
+    not val_loss, so they are the epoch a search would select from the same reports."""
+    from timesclip.inference import evaluate_arrays, load_for_inference
+
+    config, ckdir, reports, result = diverging_run
+    rmse = [m["val_rmse"] for m in reports]
+    best_rmse, best_loss = _first_best(rmse), _first_best([m["val_loss"] for m in reports])
+    assert best_rmse != best_loss  # or this test could not tell the two apart
+    assert best_rmse < result.epochs_run  # or best.pt could hold the final weights by chance
+    assert config.monitor_metric == "val_rmse" and result.monitor == "val_rmse"
+    assert result.best_epoch == best_rmse and result.best_value == min(rmse)
+    assert result.val["rmse"] == min(rmse)
+    best = torch.load(ckdir / "best.pt", weights_only=True)
+    assert (best["epoch"], best["monitor"], best["best_value"]) == (best_rmse, "val_rmse",
+                                                                    min(rmse))
+    assert best["metrics"] == pytest.approx(result.history[best_rmse - 1], rel=1e-12)
+    # the stored weights are that epoch's: scored afresh they give its val_rmse again
+    model, loaded, scaler, _, backbone = load_for_inference(ckdir, device="cpu")
+    fresh = evaluate_arrays(model, loaded, scaler, backbone, small_bundle.val.x_raw,
+                            small_bundle.val.y_raw, progress=None)
+    assert fresh["rmse"] == pytest.approx(rmse[best_rmse - 1], rel=1e-5)
+    test = evaluate_arrays(model, loaded, scaler, backbone, small_bundle.test.x_raw,
+                           small_bundle.test.y_raw, progress=None)
+    assert result.test == pytest.approx(test, rel=1e-5)
+    saved = result.metrics_json()
+    assert (saved["best_epoch"], saved["monitor"], saved["best_value"]) == (
+        best_rmse, "val_rmse", min(rmse))
+
+
+def test_monitor_val_loss_keeps_the_lowest_val_loss_and_trains_the_same(diverging_run,
+                                                                        small_bundle):
+    """--monitor changes which epoch is kept, never the training itself (the plateau
+    scheduler follows val_loss either way)."""
+    config, _, reports, _ = diverging_run
+    result = fit(config.replace(monitor="val_loss"), small_bundle, evaluate_test=False)
+    assert [h["val_loss"] for h in result.history] == [m["val_loss"] for m in reports]
+    assert result.best_epoch == _first_best([m["val_loss"] for m in reports])
+    assert result.best_epoch != _first_best([m["val_rmse"] for m in reports])
+    assert result.monitor == "val_loss" and result.best_value == min(
+        m["val_loss"] for m in reports)
+
+
+def test_early_stopping_follows_the_monitor(small_bundle, tiny_config, tmp_path):
+    """val_rmse stops improving after epoch 3 while val_loss still improves: the run stops
+    `patience` epochs after the monitored best, and the last report says the fit ends."""
+    config = tiny_config.replace(**{**DIVERGING, "patience": 2})
+    reports: list[dict[str, float]] = []
+    lines: list[str] = []
+    result = fit(config, small_bundle, evaluate_test=False, log=lines.append,
+                 report=lambda epoch, metrics, ck: reports.append(metrics))
+    rmse = [m["val_rmse"] for m in reports]
+    loss = [m["val_loss"] for m in reports]
+    best = _first_best(rmse)
+    assert result.stopped_early and result.epochs_run == best + config.patience < config.epochs
+    assert result.best_epoch == best
+    assert min(loss[best:]) < min(loss[:best])  # val_loss alone would have gone on
+    assert [m["fit_ends"] for m in reports] == [False] * (len(reports) - 1) + [True]
+    assert any(f"early stopping: val_rmse has not improved for {config.patience} epochs"
+               in line for line in lines)
+    starred = [int(line.split("/")[0].split()[-1]) for line in lines
+               if line.startswith("epoch") and line.endswith("*")]
+    assert starred == [e for e in range(1, len(rmse) + 1)
+                       if rmse[e - 1] < min(rmse[:e - 1], default=math.inf)]
+
+
+def test_monitor_state_compares_like_the_search():
+    """Strictly better wins, the earlier epoch keeps a tie, r2 counts upwards, and a
+    non-finite monitored value is a ConfigError rather than a silent 'no best'."""
+    from timesclip.checkpoint import MonitorState
+
+    rmse = MonitorState("val_rmse")
+    assert [rmse.update(e, {"val_rmse": v}) for e, v in enumerate([2.0, 1.5, 1.5, 1.7], 1)
+            ] == [True, True, False, False]
+    assert (rmse.best_epoch, rmse.best_value, rmse.bad_epochs) == (2, 1.5, 2)
+    r2 = MonitorState("val_r2")
+    assert [r2.update(e, {"val_r2": v}) for e, v in enumerate([0.1, 0.3, 0.2], 1)
+            ] == [True, True, False]
+    assert (r2.mode, r2.best_epoch) == ("max", 2)
+    with pytest.raises(ConfigError, match="val_r2 is nan at epoch 4.*--monitor"):
+        r2.update(4, {"val_r2": float("nan")})
+
+
+def test_monitor_must_be_a_reported_metric():
+    from timesclip.config import TrainConfig
+
+    with pytest.raises(ConfigError) as info:
+        TrainConfig(monitor="val_mse")  # the forecasting metric: not reported here
+    assert str(info.value) == ("monitor must be one of val_rmse, val_loss, val_mae, "
+                               "val_mape, val_r2 (unset: val_rmse), got 'val_mse'")
+    assert TrainConfig(monitor="val_r2").monitor_mode == "max"
+    assert (TrainConfig().monitor_metric, TrainConfig().monitor_mode) == ("val_rmse", "min")
+
+
+def _as_earlier_version(path: Path) -> None:
+    """Rewrite a checkpoint as versions before `monitor` wrote it: last.pt kept
+    best_val_loss (its monitor was val_loss), best.pt its val_loss; no monitor anywhere."""
+    ck = torch.load(path, weights_only=True)
+    ck["config"].pop("monitor")
+    for key in ("monitor", "best_value", "metrics"):
+        ck.pop(key, None)
+    if path.name == "last.pt":
+        ck["best_val_loss"] = min(h["val_loss"] for h in ck["history"])
+    else:
+        ck["val_loss"] = 1.0
+    torch.save(ck, path)
+
+
+def test_checkpoints_of_earlier_versions_resume_as_val_loss_and_load(small_bundle,
+                                                                     tiny_config, tmp_path):
+    """An earlier last.pt monitored val_loss: it resumes a val_loss run exactly, and a run
+    that monitors something else refuses it in one line. An earlier best.pt still loads."""
+    from timesclip.inference import evaluate_arrays, load_for_inference
+
+    config = tiny_config.replace(epochs=4, dropout=0.2, monitor="val_loss")
+    full = fit(config, small_bundle, evaluate_test=False)
+    with pytest.raises(Crash):
+        fit(config, small_bundle, checkpoint_dir=tmp_path / "old", report=crash_after(2))
+    _as_earlier_version(tmp_path / "old" / "last.pt")
+    _as_earlier_version(tmp_path / "old" / "best.pt")
+
+    model, loaded, scaler, _, backbone = load_for_inference(tmp_path / "old", device="cpu")
+    assert loaded.monitor is None  # the stored config has no such key
+    scored = evaluate_arrays(model, loaded, scaler, backbone, small_bundle.val.x_raw,
+                             small_bundle.val.y_raw, progress=None)
+    assert scored["rmse"] == pytest.approx(
+        full.history[_first_best([h["val_loss"] for h in full.history[:2]]) - 1]["val_rmse"],
+        rel=1e-5)
+
+    with pytest.raises(ConfigError) as info:
+        fit(config.replace(monitor=None), small_bundle, resume_from=tmp_path / "old")
+    message = str(info.value)
+    assert "\n" not in message and "monitor val_loss" in message
+    assert "monitors val_rmse" in message and "--monitor val_loss" in message
+
+    resumed = fit(config, small_bundle, resume_from=tmp_path / "old", evaluate_test=False)
+    assert [h["val_loss"] for h in resumed.history] == pytest.approx(
+        [h["val_loss"] for h in full.history], rel=1e-6, abs=1e-9)
+    assert (resumed.best_epoch, resumed.epochs_run) == (full.best_epoch, full.epochs_run)
+
+
+def test_resuming_with_another_monitor_is_refused(small_bundle, tiny_config, tmp_path):
+    config = tiny_config.replace(epochs=3)
+    with pytest.raises(Crash):
+        fit(config, small_bundle, checkpoint_dir=tmp_path, report=crash_after(1))
+    with pytest.raises(ConfigError) as info:
+        fit(config.replace(monitor="val_r2"), small_bundle, resume_from=tmp_path)
+    assert str(info.value) == (f"{tmp_path / 'last.pt'} was trained with monitor val_rmse "
+                               "but this run monitors val_r2; resume with --monitor "
+                               "val_rmse or start again without resuming")
 
 
 @pytest.mark.parametrize("ablation", sorted(ABLATIONS))
@@ -106,7 +291,7 @@ def test_each_ablation_trains_and_counts_parameters(small_bundle, tiny_config, a
 
 
 def test_shared_features_give_the_same_run(small_bundle, tiny_config):
-    from timesclip.train import compute_features
+    from timesclip.features import compute_features
 
     feats = compute_features(tiny_config, small_bundle)
     assert feats["train"].shape[:2] == (len(small_bundle.train), len(small_bundle.bands))
@@ -161,20 +346,20 @@ def test_checkpoints_are_tensors_and_plain_data(small_bundle, tiny_config, tmp_p
 
 @pytest.mark.parametrize("form", ["tensor", "list (earlier versions)"])
 def test_python_rng_state_round_trips(form):
-    """_set_rng_state restores Python's generator exactly, from the tensor written now and
+    """set_rng_state restores Python's generator exactly, from the tensor written now and
     from the plain list that checkpoints of earlier versions hold."""
     import random
 
-    from timesclip.train import _rng_state, _set_rng_state
+    from timesclip.checkpoint import rng_state, set_rng_state
 
     random.seed(123)
     random.random()
-    state = _rng_state()
+    state = rng_state()
     expected = [random.random() for _ in range(5)]
     if form != "tensor":
         state["python"]["state"] = state["python"]["state"].tolist()
     random.seed(999)
-    _set_rng_state(state)
+    set_rng_state(state)
     assert [random.random() for _ in range(5)] == expected
 
 
@@ -202,7 +387,7 @@ def _same_state(a: dict, b: dict) -> bool:
 def test_optimizer_state_is_packed_and_restored_exactly(tmp_path):
     """last.pt stores the optimizer's tensors joined (three instead of nine here), and
     what torch.load(weights_only=True) reads back unpacks to the same state dict."""
-    from timesclip.train import pack_optimizer_state, unpack_optimizer_state
+    from timesclip.checkpoint import pack_optimizer_state, unpack_optimizer_state
 
     sd = _adam_after_steps().state_dict()
     packed = pack_optimizer_state(sd)
@@ -226,11 +411,11 @@ def test_large_optimizer_state_is_stored_unpacked(monkeypatch, small_bundle, tin
                                                   tmp_path):
     """Above the size limit (real-size models) joining would only copy memory: the state is
     stored as torch gives it, and resuming from it still repeats the run."""
-    import timesclip.train as train_module
+    import timesclip.checkpoint as checkpoint_module
 
     sd = _adam_after_steps().state_dict()
-    monkeypatch.setattr(train_module, "PACK_LIMIT_BYTES", 64)
-    assert train_module.pack_optimizer_state(sd) is sd
+    monkeypatch.setattr(checkpoint_module, "PACK_LIMIT_BYTES", 64)
+    assert checkpoint_module.pack_optimizer_state(sd) is sd
 
     config = tiny_config.replace(epochs=3)
     full = fit(config, small_bundle, checkpoint_dir=tmp_path / "full")
@@ -286,7 +471,7 @@ def test_resuming_a_finished_run_trains_nothing(small_bundle, tiny_config, tmp_p
     assert again.history == first.history
     assert again.val == pytest.approx(first.val, rel=1e-9)
     assert again.test == pytest.approx(first.test, rel=1e-9)
-    assert again.best_val_loss == first.best_val_loss
+    assert (again.monitor, again.best_value) == (first.monitor, first.best_value)
     # the state handed on is the finished run's, unchanged: no optimiser step was taken
     resumed = torch.load(tmp_path / "again" / "last.pt", weights_only=True)
     assert resumed["epoch"] == saved["epoch"] == 3
@@ -323,8 +508,9 @@ def test_resume_restores_the_lr_scheduler(small_bundle, tiny_config, tmp_path, s
 def test_metrics_are_in_the_yields_own_units(small_bundle, tiny_config, tmp_path):
     """Recompute the validation metrics by hand from the best checkpoint's predictions,
     de-normalised with the training split's mean and standard deviation."""
+    from timesclip.features import compute_features
     from timesclip.inference import load_for_inference
-    from timesclip.train import compute_features, predict
+    from timesclip.train import predict
 
     result = fit(tiny_config.replace(epochs=2), small_bundle, checkpoint_dir=tmp_path)
     model, config, _, _, _ = load_for_inference(tmp_path, device="cpu")
@@ -393,7 +579,7 @@ def test_fine_tuned_clip_text_trains_at_backbone_lr_in_fit(small_bundle, tiny_co
 def learn_data(tmp_path_factory):
     """320 synthetic rows, their frozen vision features computed once for every arm."""
     from timesclip.data import load_bundle, write_synthetic
-    from timesclip.train import compute_features
+    from timesclip.features import compute_features
 
     paths = write_synthetic(tmp_path_factory.mktemp("learn"), years=range(2016, 2020),
                             n_per_year=80, seed=3)
@@ -422,7 +608,7 @@ def test_bf16_autocast_runs_changes_the_features_and_says_it_is_slow_on_cpu(
     """precision bf16 runs the CLIP towers under autocast: the frozen features differ from
     fp32 (bf16 rounding) but stay close, training runs, and on a CPU the run says that
     fp32 is the better choice there."""
-    from timesclip.train import compute_features
+    from timesclip.features import compute_features
 
     fp32 = compute_features(tiny_config, small_bundle, progress=None)
     bf16 = compute_features(tiny_config.replace(precision="bf16"), small_bundle, progress=None)
@@ -442,7 +628,7 @@ def test_parameter_count_includes_the_vision_tower_whether_or_not_it_was_loaded(
     """A search hands fit() precomputed features and a backbone without its vision tower;
     the frozen count still includes that tower (counted on the meta device), exactly as
     when fit() loads the tower and encodes the features itself."""
-    from timesclip.train import compute_features
+    from timesclip.features import compute_features
 
     config = tiny_config.replace(epochs=1)
     assert config.use_vision

@@ -204,12 +204,12 @@ def test_terminal_gets_a_tqdm_bar(monkeypatch):
 
 def test_compute_features_reports_progress_to_100_percent(small_bundle, tiny_config,
                                                           monkeypatch):
-    import timesclip.train as train
+    import timesclip.features as features
 
     monkeypatch.delenv(PROGRESS_ENV, raising=False)
-    monkeypatch.setattr(train, "QUIET_SECONDS", 0.0)  # the tiny pass is faster than the delay
+    monkeypatch.setattr(features, "QUIET_SECONDS", 0.0)  # the tiny pass is faster than the delay
     out, logged = io.StringIO(), []
-    feats = train.compute_features(tiny_config, small_bundle, log=logged.append,
+    feats = features.compute_features(tiny_config, small_bundle, log=logged.append,
                                    image_batch=16, progress="search: vision features",
                                    progress_file=out)
     n = sum(len(getattr(small_bundle, s)) for s in ("train", "val", "test"))

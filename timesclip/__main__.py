@@ -112,7 +112,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     _check_writable(out)
     data = load_bundle(config, args.data)  # all input checks happen before anything is written
     from timesclip.model import check_backbone
-    from timesclip.train import fit, resolve_device
+    from timesclip.runtime import resolve_device
+    from timesclip.train import fit
 
     check_backbone(config.backbone)
     ablation = config.ablation_id or "custom"
@@ -168,8 +169,8 @@ def _vision_features(config, data, args: argparse.Namespace):
     from dataclasses import replace
 
     from timesclip.feature_cache import load_or_compute
+    from timesclip.features import compute_features
     from timesclip.model import load_backbone
-    from timesclip.train import compute_features
 
     loaded = []
 

@@ -104,7 +104,10 @@ FIELD_HELP: dict[str, str] = {
     "backbone_lr": "learning rate of CLIP-Text when fine-tuned (--no-freeze-text)",
     "weight_decay": "AdamW weight decay",
     "epochs": "maximum number of epochs",
-    "patience": "early stopping patience on val_loss, in epochs",
+    "patience": "early stopping: stop after this many epochs without improvement of "
+                "--monitor",
+    "monitor": "the validation metric best.pt keeps the best epoch of and early stopping "
+               "follows: val_rmse, val_loss, val_mae, val_mape or val_r2",
     "scheduler": "plateau (ReduceLROnPlateau) or cosine",
     "plateau_factor": "ReduceLROnPlateau: multiply the learning rate by this",
     "plateau_patience": "ReduceLROnPlateau: epochs without improvement before it does",
@@ -121,6 +124,7 @@ FIELD_HELP: dict[str, str] = {
 NONE_DEFAULTS: dict[str, str] = {
     "bands": "every band found, in file order",
     "image_size": "the vision tower's native size",
+    "monitor": "val_rmse, the task's error metric",
 }
 
 #: Fields that belong to the data flags group (shared with `python -m tuner.search`).

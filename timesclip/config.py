@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,14 @@ import yaml
 
 from timesclip import atomic
 from timesclip.errors import ConfigError
+from timesclip.metrics import EPOCH_METRICS, METRIC_MODES
 
 DEFAULT_BACKBONE = "openai/clip-vit-base-patch16"
+#: The metric best.pt and early stopping follow when `monitor` is not set: the task's own
+#: error metric (the yield task's val_rmse).
+DEFAULT_MONITOR = "val_rmse"
+#: What `monitor` may name: the metrics with a direction that the task reports per epoch.
+MONITOR_CHOICES = tuple(m for m in METRIC_MODES if m in EPOCH_METRICS)
 
 #: The ablation matrix of SEED.md: id -> the TrainConfig switches it sets.
 ABLATIONS: dict[str, dict[str, Any]] = {
@@ -96,7 +103,9 @@ class TrainConfig:
     backbone_lr: float = 1e-5  # for unfrozen pretrained weights (CLIP-Text when fine-tuned)
     weight_decay: float = 1e-5
     epochs: int = 100
-    patience: int = 15  # early stopping on val_loss
+    patience: int = 15  # early stopping: epochs without improvement of the monitor
+    # the per-epoch metric best.pt keeps and early stopping follows (None: DEFAULT_MONITOR)
+    monitor: str | None = None
     scheduler: str = "plateau"  # plateau (ReduceLROnPlateau) | cosine
     plateau_factor: float = 0.5
     plateau_patience: int = 5
@@ -138,6 +147,8 @@ class TrainConfig:
                  name, ">= 0")
         for name in ("hybrid_alpha",):
             need(0.0 <= getattr(self, name) <= 1.0, name, "between 0 and 1")
+        need(self.monitor is None or self.monitor in MONITOR_CHOICES, "monitor",
+             f"one of {', '.join(MONITOR_CHOICES)} (unset: {DEFAULT_MONITOR})")
         need(0.0 <= self.dropout < 1.0, "dropout", "in [0, 1)")
         need(0.0 < self.plateau_factor < 1.0, "plateau_factor", "in (0, 1)")
         need(0.0 < self.val_fraction < 0.5, "val_fraction", "in (0, 0.5)")
@@ -187,6 +198,16 @@ class TrainConfig:
         return (self.input_steps - self.patch_length) // self.stride + 1
 
     @property
+    def monitor_metric(self) -> str:
+        """The metric best.pt and early stopping follow: `monitor`, else the task's own."""
+        return self.monitor if self.monitor is not None else DEFAULT_MONITOR
+
+    @property
+    def monitor_mode(self) -> str:
+        """The direction in which `monitor_metric` is better: "min" or "max"."""
+        return METRIC_MODES[self.monitor_metric]
+
+    @property
     def ablation_id(self) -> str | None:
         """The E1..E5 id whose switches this config matches, or None."""
         for key, switches in ABLATIONS.items():
@@ -217,7 +238,7 @@ class TrainConfig:
             raise ConfigError(f"{source}: unknown parameter(s) {', '.join(unknown)}; "
                               f"known parameters are TrainConfig fields, e.g. "
                               f"{', '.join(sorted(known)[:6])}, ...")
-        cleaned = {k: _coerce(k, v, source) for k, v in data.items()}
+        cleaned = {k: coerce_field(k, v, source) for k, v in data.items()}
         return cls(**cleaned)
 
     def replace(self, **changes: Any) -> TrainConfig:
@@ -262,35 +283,89 @@ def _field_types() -> dict[str, str]:
     return {f.name: str(f.type) for f in fields(TrainConfig)}
 
 
-def _coerce(name: str, value: Any, source: str) -> Any:
-    """Convert YAML/CLI values to the field's type so 1e-4 written as '1e-4' works."""
-    kind = _field_types()[name]
+def coerce_field(name: str, value: Any, source: str) -> Any:
+    """`value` as the type of TrainConfig field `name`; ConfigError naming `source` if not.
+
+    The one reading of a hyperparameter value, whether it comes from a --config YAML, a
+    search-space file or a command-line flag, so a value means the same thing in all three.
+    Accepted besides the field's own type, because each is only another spelling of the
+    same value: a number written as text ("1e-3": YAML 1.1 reads an exponent without a dot
+    as a string), a whole number written as a float for an integer (12.0), the words
+    true/false/yes/no for a switch, and "a,b" for a list (the --bands form). Refused,
+    because the value would have to be guessed: null for a field that cannot be None,
+    true/false where a number is meant (YAML reads an unquoted `yes` as true), a
+    non-finite number, a fraction for an integer, a non-string where text is meant.
+    """
+    kind = _field_types().get(name)
+    if kind is None:
+        raise ConfigError(f"{source}: unknown parameter {name!r}")
     if value is None:
-        return None
+        if kind.endswith(" | None"):
+            return None
+        raise ConfigError(f"{source}: {name} cannot be null (it is {kind})")
+    reader = _READERS.get(kind.removesuffix(" | None"))
+    if reader is None:
+        return value
     try:
-        if kind == "float":
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
-        if kind in ("int", "int | None"):
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError
+        return reader[0](value)
+    except (TypeError, ValueError, OverflowError):
+        raise ConfigError(f"{source}: {name} must be {reader[1]}, got {value!r}") from None
+
+
+def _read_float(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, str)):
+        raise TypeError(value)
+    number = float(value)  # float(" 1e-3 ") == 0.001
+    if not math.isfinite(number):
+        raise ValueError(value)
+    return number
+
+
+def _read_int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise TypeError(value)
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, str):
+        try:
             return int(value)
-        if kind == "bool":
-            if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no"):
-                return value.lower() in ("true", "yes")
-            if not isinstance(value, bool):
-                raise ValueError
-            return value
-        if kind == "list[str] | None":
-            if isinstance(value, str):
-                return [b.strip() for b in value.split(",") if b.strip()]
-            return [str(b) for b in value]
-        if kind == "str":
-            return str(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{source}: {name} must be of type {kind}, got {value!r}") from None
+        except ValueError:
+            value = float(value)  # "1e3": YAML 1.1 text for 1000
+    if isinstance(value, numbers.Real) and float(value).is_integer():
+        return int(value)
+    raise ValueError(value)
+
+
+def _read_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "yes", "no"):
+        return value.strip().lower() in ("true", "yes")
+    raise ValueError(value)
+
+
+def _read_str(value: Any) -> str:
+    if not isinstance(value, str):  # a number for a name is a YAML reading; quote it
+        raise TypeError(value)
     return value
+
+
+def _read_names(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise TypeError(value)
+    return list(value)
+
+
+#: Field type (without "| None") -> (reader, what the error says the value must be).
+_READERS: dict[str, tuple[Any, str]] = {
+    "float": (_read_float, "a finite number"),
+    "int": (_read_int, "an integer"),
+    "bool": (_read_bool, "true or false"),
+    "str": (_read_str, "a string (quote it in YAML)"),
+    "list[str]": (_read_names, "a list of names or a comma-separated string"),
+}
 
 
 def apply_ablation(config: TrainConfig, ablation: str) -> TrainConfig:
@@ -302,4 +377,4 @@ def apply_ablation(config: TrainConfig, ablation: str) -> TrainConfig:
 
 
 __all__ = ["ABLATIONS", "ABLATION_MEANINGS", "DEFAULT_BACKBONE", "TrainConfig",
-           "apply_ablation"]
+           "apply_ablation", "coerce_field"]

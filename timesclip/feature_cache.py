@@ -41,10 +41,11 @@ import numpy as np
 from timesclip import atomic
 from timesclip.config import TrainConfig
 from timesclip.data import DataBundle
+from timesclip.features import SPLITS, compute_features, feature_settings
+from timesclip.model.backbones import CLIP_CONFIG_FILE
 
 #: Format tag of an entry; bump on any change to what is stored or how the key is built.
 FORMAT = "timesclip-features/1"
-SPLITS = ("train", "val", "test")
 SUFFIX = ".safetensors"
 #: (path, size, mtime_ns) -> sha256 of local weight files, inside the cache directory.
 WEIGHT_HASHES = "weights-sha256.json"
@@ -67,20 +68,6 @@ def default_cache_dir() -> Path:
 
 
 # ----------------------------------------------------------------------------- the key
-def feature_settings(config: TrainConfig, data: DataBundle) -> dict[str, Any]:
-    """What the features depend on, as the config and the data bundle name it (no I/O).
-
-    `timesclip.train.feature_key` is built from exactly this, and the cache key contains
-    it, so the cache key is a superset of the key the search uses to share features.
-    """
-    from timesclip.model.render import RENDER_VERSION
-
-    return {"data": data.fingerprint, "bands": list(data.bands),
-            "input_steps": int(config.input_steps), "backbone": config.backbone,
-            "image_size": config.image_size, "line_width": float(config.line_width),
-            "renderer": RENDER_VERSION, "precision": config.precision}
-
-
 def data_content_hash(data: DataBundle) -> str:
     """SHA-256 over the raw windows [N, T, V] of every split: what is actually drawn."""
     h = hashlib.sha256()
@@ -181,12 +168,12 @@ def _native_size(config_file: Path) -> int | None:
 
 
 def _directory_identity(path: Path, cache_dir: str | Path | None) -> dict[str, Any] | None:
-    config_file = path / "config.json"
+    config_file = path / CLIP_CONFIG_FILE
     native = _native_size(config_file)
     if native is None:
         return None
     files = sorted(p for p in path.iterdir() if p.is_file() and (
-        p.name == "config.json" or p.name.endswith(_WEIGHT_SUFFIXES)))
+        p.name == CLIP_CONFIG_FILE or p.name.endswith(_WEIGHT_SUFFIXES)))
     hashes = {p.name: file_sha256(p, cache_dir=cache_dir) for p in files}
     return {"kind": "directory", "files_sha256": hashes, "native_image_size": native}
 
@@ -196,7 +183,7 @@ def _hub_identity(name: str, cache_dir: str | Path | None) -> dict[str, Any] | N
     from huggingface_hub import try_to_load_from_cache
 
     try:
-        found = try_to_load_from_cache(name, "config.json")
+        found = try_to_load_from_cache(name, CLIP_CONFIG_FILE)
     except Exception:  # not a valid repo id: nothing cached under it
         return None
     if not isinstance(found, str):  # None or the "known missing" marker
@@ -358,7 +345,7 @@ def load_or_compute(config: TrainConfig, data: DataBundle, *,
 
     Returns (features {split: [N, V, Hv]} or None without a vision branch, hit). On a miss,
     or an entry that fails its checks, `compute()` runs (default:
-    `timesclip.train.compute_features(config, data, log=log)`) and its result is stored.
+    `timesclip.features.compute_features(config, data, log=log)`) and its result is stored.
     A cache that cannot be read or written never fails the run: it is said in one line
     and the features are computed. cache_dir: default `default_cache_dir()`.
     `log` gets one line saying whether the features were loaded (and from where) or
@@ -369,8 +356,6 @@ def load_or_compute(config: TrainConfig, data: DataBundle, *,
     say = log or (lambda _msg: None)
     if compute is None:
         def compute() -> Mapping[str, Any] | None:
-            from timesclip.train import compute_features
-
             return compute_features(config, data, log=log)
 
     directory = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
@@ -407,5 +392,5 @@ def _as_dict(features: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 __all__ = ["FORMAT", "CacheEntryError", "FeatureKey", "backbone_identity", "cache_key",
-           "data_content_hash", "default_cache_dir", "feature_settings", "file_sha256",
+           "data_content_hash", "default_cache_dir", "file_sha256",
            "load_entry", "load_or_compute", "lookup", "store", "store_entry"]

@@ -14,13 +14,14 @@ from typing import TextIO
 import numpy as np
 import torch
 
+from timesclip.checkpoint import BEST, load_trainable_state, safe_load
 from timesclip.config import TrainConfig
 from timesclip.data import Scaler
 from timesclip.errors import ConfigError
 from timesclip.metrics import regression_metrics
 from timesclip.model import Backbone, TimesCLIP, compute_vision_features, load_backbone
 from timesclip.progress import QUIET_SECONDS, progress_bar
-from timesclip.train import BEST, load_trainable_state, resolve_device, safe_load
+from timesclip.runtime import resolve_device
 
 
 def load_for_inference(checkpoint: str | Path, device: str = "auto"

@@ -64,3 +64,44 @@ def better(value: float, best: float | None, mode: str) -> bool:
     if best is None or not np.isfinite(best):
         return True
     return value < best if mode == "min" else value > best
+
+
+# ----------------------------------------------------------------------------- forecasting
+#: Metric names of a forecasting split (metrics.json `val`/`test`, baselines), CONTRACT.
+FORECAST_METRICS = ("mse", "mae")
+
+
+class ForecastErrors:
+    """Running MSE / MAE over forecast windows, fed batch by batch (nothing materialised).
+
+    Scored as TSLib scores: on the standardised scale, the mean over every window, horizon
+    step and variate. Sums are float64, so the order of the batches does not matter."""
+
+    def __init__(self) -> None:
+        self.sq = 0.0
+        self.abs = 0.0
+        self.count = 0
+
+    def add(self, y_true: np.ndarray, y_pred: np.ndarray) -> None:
+        """y_true, y_pred [B, H, V] (any equal shapes)."""
+        y_true = np.asarray(y_true, dtype=np.float64)
+        y_pred = np.asarray(y_pred, dtype=np.float64)
+        if y_true.shape != y_pred.shape:
+            raise ValueError(f"shape mismatch: {y_true.shape} targets vs {y_pred.shape} "
+                             "predictions")
+        err = y_pred - y_true
+        self.sq += float(np.sum(err * err))
+        self.abs += float(np.sum(np.abs(err)))
+        self.count += err.size
+
+    def result(self) -> dict[str, float]:
+        if self.count == 0:
+            raise ValueError("no forecast windows to score")
+        return {"mse": self.sq / self.count, "mae": self.abs / self.count}
+
+
+def forecast_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    """MSE and MAE of forecasts [N, H, V] against targets, on the scale they are given in."""
+    errors = ForecastErrors()
+    errors.add(y_true, y_pred)
+    return errors.result()

@@ -1,7 +1,7 @@
 """What a trained model does on a split: per-sample predictions, variate attention, figures.
 
 Two users share this module: `python -m timesclip evaluate --plots DIR` (any saved model)
-and the search report (`tuner.report_html`), which draws the exported configuration's test
+and the search report (`tuner.report.figures`), which draws the exported configuration's test
 predictions from the plain files the search wrote when it scored the test split once.
 So the numbers (predictions, the band-to-band attention) and the figures drawn from them are
 separate steps: numbers come from a model (`timesclip.inference.predict_with_attention`),

@@ -21,7 +21,8 @@ decision is made again from the same records, and an Optuna trial asked for but 
 journaled is dropped when the study is rebuilt from this file on `--resume`. Nothing here is
 a pickle: the report and the resume read JSON only.
 
-This module is pure Python (no Ray, no Optuna); `tuner.tracking` writes the events.
+This module is pure Python (no Ray, no Optuna); `tuner.tracking` writes the events, and
+the experiment's file names are `tuner.layout`'s.
 """
 
 from __future__ import annotations
@@ -36,29 +37,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-JOURNAL_FILE = "journal.jsonl"
-#: Ray's trial folders (and Ray's own state files) live under this sub-directory.
-TRIALS_DIR = "trials"
-#: Files a trial writes into its folder (tuner.trainable writes them, tuner.results and
-#: the resume read them); final.json only when its fit() returned.
-TRAIN_CONFIG_FILE = "train_config.yaml"
-FINAL_FILE = "final.json"
-#: The search's Optuna study (Optuna's journal file, see tuner.study), rebuilt from the
-#: journal at a resume.
-OPTUNA_JOURNAL = "optuna.journal"
-#: Where earlier versions kept the study (SQLite): still read, replaced at a resume.
-LEGACY_OPTUNA_DB = "optuna.db"
-#: The exported configuration's test scores, computed once per experiment (then only read).
-BEST_TEST_FILE = "best_test.json"
-#: Marks a trial result that only repeats an already journaled epoch (a retry that had
-#: nothing left to train reports it so Ray can close the trial; it is not journaled).
-REPEAT_KEY = "repeat"
-VERSION = 1
+from tuner.layout import JOURNAL_FILE
+from tuner.outcomes import ENDED, Status, StopReason
 
-#: Trial statuses in the report (CONTRACT column `status`).
-TERMINATED, ERROR, DIVERGED = "TERMINATED", "ERROR", "DIVERGED"
-RUNNING, PENDING = "RUNNING", "PENDING"  # unfinished: started / never started
-ENDED = (TERMINATED, ERROR, DIVERGED)
+VERSION = 1
 
 
 class Journal:
@@ -172,8 +154,8 @@ class TrialState:
     result_times: dict[int, float] = field(default_factory=dict)
     checkpoint: str | None = None  # checkpoint dir name after the last journaled epoch
     node: str | None = None
-    status: str = PENDING
-    stopped_by: str = "unfinished"
+    status: Status = Status.PENDING
+    stopped_by: StopReason = StopReason.UNFINISHED
     end: dict[str, Any] | None = None
     diverged: dict[str, Any] | None = None
     retries: list[dict[str, Any]] = field(default_factory=list)
@@ -287,11 +269,11 @@ class ExperimentState:
             trial.ray_ids.append(ev["ray_id"])
         elif kind == "start":
             trial._touch(seg, t)
-            trial.status = RUNNING if trial.status == PENDING else trial.status
+            trial.status = Status.RUNNING if trial.status == Status.PENDING else trial.status
             trial.node = ev.get("node") or trial.node
         elif kind == "result":
             trial._touch(seg, t)
-            trial.status = RUNNING if trial.status == PENDING else trial.status
+            trial.status = Status.RUNNING if trial.status == Status.PENDING else trial.status
             trial.node = ev.get("node") or trial.node
             if ev.get("diverged"):
                 trial.diverged = ev["diverged"]
@@ -319,8 +301,8 @@ class ExperimentState:
                                   "seg": seg, "t": t})
         elif kind == "end":
             trial._touch(seg, t)
-            trial.status = str(ev["status"])
-            trial.stopped_by = str(ev.get("stopped_by", ""))
+            trial.status = Status(ev["status"])
+            trial.stopped_by = StopReason(ev.get("stopped_by") or StopReason.UNFINISHED)
             trial.end = ev
 
 
@@ -334,39 +316,6 @@ def replay(events: list[dict[str, Any]]) -> ExperimentState:
 
 def load_state(experiment_dir: str | Path) -> ExperimentState:
     return replay(read_events(Path(experiment_dir) / JOURNAL_FILE))
-
-
-def best_value(history: dict[int, dict[str, Any]], metric: str, mode: str
-               ) -> tuple[float, int | None]:
-    """The best finite value of `metric` over the reported epochs, and its epoch.
-
-    This is THE value of a trial: what selection, the summary and Optuna all use.
-    """
-    best, best_epoch = math.nan, None
-    for epoch in sorted(history):
-        value = history[epoch].get(metric)
-        if not isinstance(value, (int, float)) or not math.isfinite(value):
-            continue
-        if best_epoch is None or (value < best if mode == "min" else value > best):
-            best, best_epoch = float(value), epoch
-    return best, best_epoch
-
-
-def select_best(state: ExperimentState, metric: str, mode: str) -> TrialState | None:
-    """The one notion of "best": among trials that ended normally (completed, early-stopped
-    or stopped by ASHA; never errored, diverged or unfinished ones), the best validation
-    value over epochs. Ties go to the earlier trial. Test metrics are never looked at."""
-    best: TrialState | None = None
-    best_val = math.nan
-    for trial in state.trials.values():
-        if trial.status != TERMINATED:
-            continue
-        value, _ = best_value(trial.history, metric, mode)
-        if not math.isfinite(value):
-            continue
-        if best is None or (value < best_val if mode == "min" else value > best_val):
-            best, best_val = trial, value
-    return best
 
 
 def driver_fields() -> dict[str, Any]:
@@ -423,7 +372,6 @@ def clip_line(text: str, limit: int = _MAX_ERROR) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-__all__ = ["DIVERGED", "ENDED", "ERROR", "JOURNAL_FILE", "PENDING", "RUNNING", "TERMINATED",
-           "TRIALS_DIR", "ExperimentState", "Journal", "Segment", "TrialState", "as_float",
-           "best_value", "clip_line", "driver_fields", "load_state", "read_events", "repair_tail", "replay",
-           "select_best", "summarize_error"]
+__all__ = ["ExperimentState", "Journal", "Segment", "TrialState", "as_float",
+           "clip_line", "driver_fields", "load_state", "read_events", "repair_tail", "replay",
+           "summarize_error"]

@@ -25,7 +25,7 @@ from enum import Enum
 from typing import Any, Protocol, TypeVar
 
 from timesclip.errors import ConfigError
-from timesclip.metrics import METRIC_MODES, better
+from timesclip.metrics import EPOCH_METRICS, METRIC_MODES, better
 
 
 class Status(str, Enum):
@@ -62,6 +62,22 @@ class StopReason(str, Enum):
 
 #: The scheduler's decision on a reported epoch, as journaled.
 CONTINUE, STOP = "continue", "stop"
+
+# ----------------------------------------------------------------------------- results
+#: Per-epoch values a trial reports and the journal keeps: the trainer's CONTRACT metric
+#: names (`timesclip.metrics`), its extras, and Ray's timing.
+KEPT_METRICS = (*EPOCH_METRICS, "val_mse", "epoch_seconds", "params_total",
+                "params_trainable", "params_frozen", "time_this_iter_s")
+#: The result key naming the checkpoint folder of a reported epoch (journaled as `ckpt`).
+CKPT_KEY = "ckpt"
+#: The trainer's flag on the last epoch its fit() trains (budget spent or early stopping).
+FIT_ENDS_KEY = "fit_ends"
+#: Marks a result that only repeats an already journaled epoch (a retry that had nothing
+#: left to train reports it so Ray can close the trial; it is not journaled).
+REPEAT_KEY = "repeat"
+#: A result that reports a non-finite loss instead of an epoch (and its details).
+DIVERGED_KEY = "diverged"
+DIVERGED_DETAILS = ("diverged_epoch", "diverged_step", "diverged_loss", "diverged_message")
 
 
 def metric_mode(metric: str, where: str = "metric") -> str:
@@ -128,6 +144,19 @@ def classify_end(trial: Any, max_epochs: int, *, error: bool) -> tuple[Status, S
     return Status.TERMINATED, StopReason.EARLY_STOPPING
 
 
+def end_decided(trial: Any) -> bool:
+    """Whether an unfinished trial's end was decided but not journaled (the driver died in
+    between): its last journaled report made the scheduler stop it, it diverged, or that
+    report was its fit()'s last epoch (the epoch budget spent or early stopping). Such a
+    trial is closed at --resume without running it again: a re-run would train nothing and
+    report nothing."""
+    if trial.status in ENDED:
+        return False
+    if trial.diverged or trial.fit_ends:
+        return True
+    return bool(trial.decisions) and trial.decisions[-1][1] == STOP
+
+
 def optuna_state(status: str, stopped_by: str, value: Any,
                  intermediate: Mapping[int, float]) -> tuple[str, float | None]:
     """The Optuna trial state (by name: COMPLETE | PRUNED | FAIL) and value of an ended trial.
@@ -145,5 +174,7 @@ def optuna_state(status: str, stopped_by: str, value: Any,
     return "FAIL", None
 
 
-__all__ = ["CONTINUE", "ENDED", "METRIC_MODES", "STOP", "UNFINISHED", "Status", "StopReason",
-           "best_value", "classify_end", "metric_mode", "optuna_state", "select_best"]
+__all__ = ["CKPT_KEY", "CONTINUE", "DIVERGED_DETAILS", "DIVERGED_KEY", "ENDED", "FIT_ENDS_KEY",
+           "KEPT_METRICS", "METRIC_MODES", "REPEAT_KEY", "STOP", "UNFINISHED", "Status",
+           "StopReason", "best_value", "classify_end", "end_decided", "metric_mode",
+           "optuna_state", "select_best"]

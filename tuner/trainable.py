@@ -18,34 +18,59 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import shutil
 import signal
 import sys
 import tempfile
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import ray
 import torch
 from ray import tune
 
 from timesclip.atomic import TMP_SUFFIX, write_text
-from timesclip.config import TrainConfig, apply_ablation
+from timesclip.config import TrainConfig
 from timesclip.data import DataBundle
 from timesclip.errors import NonFiniteLossError
+from timesclip.features import feature_key
 from timesclip.model import Backbone, load_backbone
-from timesclip.train import FitResult, feature_key, fit
-from tuner.journal import FINAL_FILE, REPEAT_KEY, TRAIN_CONFIG_FILE
+from timesclip.train import FitResult, fit
+from tuner.journal import load_state
+from tuner.layout import (
+    CHECKPOINT_PREFIX,
+    FINAL_FILE,
+    TRAIN_CONFIG_FILE,
+    TRIAL_ID,
+    WORK_PREFIX,
+    ExperimentLayout,
+    trial_dirname,
+)
+from tuner.outcomes import CKPT_KEY, DIVERGED_KEY, FIT_ENDS_KEY, REPEAT_KEY
+from tuner.spaces import SearchSpace
 
-TID_KEY = "trial_id"  # same as tuner.tracking.TID_KEY (kept here: no driver imports)
-#: The result key naming the checkpoint folder of a reported epoch (journaled as `ckpt`).
-CKPT_KEY = "ckpt"
-CHECKPOINT_PREFIX = "checkpoint_"
 #: Checkpoint folders a trial keeps: its newest ones (always with the journal's among them).
 KEEP_CHECKPOINTS = 3
-#: fit()'s working checkpoint folder inside the trial folder (removed when the trial ends).
-WORK_PREFIX = ".fit-"
+
+
+@dataclass(frozen=True)
+class TrialSetup:
+    """What every trial of one driver run shares (built by the driver from its plan)."""
+
+    kind: str  # "search" | "ablation"
+    space: SearchSpace
+    base_config: dict[str, Any]  # the plan's complete base TrainConfig (epochs, monitor set)
+    metric: str  # the search metric (the trainer's monitor); a diverged trial reports it NaN
+    cpus_per_trial: float
+    feature_key: str  # the features behind features_ref are valid for trials with this key
+    experiment: str  # the experiment folder (absolute; on a cluster, shared by every node)
+    features_ref: Any = None  # ObjectRef of the shared vision features, or None
+
+    @property
+    def layout(self) -> ExperimentLayout:
+        return ExperimentLayout(Path(self.experiment))
 
 #: The last backbone this worker process loaded. Workers are reused between trials
 #: (reuse_actors), and reloading CLIP from disk for every trial is wasted set-up; sharing is
@@ -56,14 +81,6 @@ _BACKBONE_CACHE: dict[tuple[str, bool], Backbone] = {}
 #: out of the object store took ~4.5 ms per trial at the quick scale (a one-epoch trial
 #: trains ~0.5 s); fit() only reads them, so the trials of one process can share them.
 _FEATURES_CACHE: dict[str, dict[str, torch.Tensor]] = {}
-
-#: Short names for trial folder names (TensorBoard shows one run per trial under them).
-_SHORT = {"ablation": "", "seed": "seed", "contrastive_weight": "cw", "temperature": "temp",
-          "hybrid_alpha": "alpha", "lr": "lr", "backbone_lr": "blr", "weight_decay": "wd",
-          "batch_size": "bs", "dropout": "drop", "d_model": "d", "use_contrastive": "con",
-          "patch": "patch", "learnable_temperature": "learnT", "freeze_text": "frz"}
-_PRIORITY = ("ablation", "seed", "contrastive_weight", "temperature", "hybrid_alpha", "lr")
-
 
 def _cached_backbone(name: str, need_vision: bool) -> Backbone:
     key = (name, need_vision)
@@ -76,8 +93,6 @@ def _cached_backbone(name: str, need_vision: bool) -> Backbone:
 def _shared_features(ref: Any) -> dict[str, torch.Tensor]:
     """The features behind `ref`, fetched once per worker process (the driver started the
     trials only once the task computing them had finished)."""
-    import ray
-
     key = ref.hex()
     if key not in _FEATURES_CACHE:
         features = ray.get(ref)
@@ -126,102 +141,65 @@ def _from_sigterm_handler(tb: Any) -> bool:
     return False
 
 
-def trial_dirname(tid: str, params: dict[str, Any], limit: int = 64) -> str:
-    """`t0003-cw0.12-temp0.051-alpha0.5`: the trial id and up to four key parameters.
-
-    It is the trial's folder name and so its run name in TensorBoard."""
-    names = [n for n in _PRIORITY if n in params]
-    names += [n for n in params if n not in names and n != TID_KEY]
-    parts = [tid]
-    for name in names[:4]:
-        value = params[name]
-        if isinstance(value, bool):
-            text = str(int(value))
-        elif isinstance(value, float):
-            text = f"{value:.2g}"
-        else:
-            text = str(value)
-        parts.append(re.sub(r"[^A-Za-z0-9.+]", "", f"{_SHORT.get(name, name[:6])}{text}"))
-    name = "-".join(p for p in parts if p)
-    return name[:limit].rstrip("-")
+def resolve_trial_config(trial_params: dict[str, Any], setup: TrialSetup) -> TrainConfig:
+    """The complete TrainConfig of one trial: the plan's base with the sampled values (an
+    ablation arm's switches and seed) applied once."""
+    params = {k: v for k, v in trial_params.items() if k != TRIAL_ID}
+    base = TrainConfig.from_dict(setup.base_config, source="base config")
+    return setup.space.trial_config(base, params)
 
 
-def resolve_trial_config(trial_params: dict[str, Any], setup: dict[str, Any]) -> TrainConfig:
-    """The complete TrainConfig of one trial: base <- space base <- sampled values."""
-    params = {k: v for k, v in trial_params.items() if k != TID_KEY}
-    base = TrainConfig.from_dict(setup["base_config"], source="base config")
-    if setup["kind"] == "ablation":
-        config = apply_ablation(base, params["ablation"]).replace(seed=int(params["seed"]))
-    else:
-        # `base` already holds the space's base and the command-line overrides; passing it as
-        # overrides too keeps the flags above the space's base (e.g. --backbone).
-        config = setup["space"].trial_config(base, params, overrides=base.to_dict())
-    return config.replace(epochs=int(setup["max_epochs"]))
-
-
-def _trial_folder(tid: str | None, trial_params: dict[str, Any], setup: dict[str, Any]
-                  ) -> Path:
+def _trial_folder(tid: str | None, trial_params: dict[str, Any], setup: TrialSetup) -> Path:
     """The trial's folder on the experiment storage, written directly: the storage is a
     filesystem every node mounts, so nothing has to be synced after each epoch. (Outside a
     search, e.g. a bare Tune run: Ray's trial directory.)"""
-    root = setup.get("trials_root")
-    if root and tid is not None:
-        return Path(root) / trial_dirname(tid, trial_params)
+    if tid is not None:
+        return setup.layout.trial_dir(trial_dirname(tid, trial_params), "trial config")
     return Path(tune.get_context().get_trial_dir())
 
 
-def journal_checkpoint(setup: dict[str, Any], tid: str | None, trial_dir: Path
-                       ) -> str | None:
-    """The checkpoint directory of `tid`'s last journaled epoch (the journal is on the
-    experiment storage, which every node mounts), or None.
+def journal_checkpoint(setup: TrialSetup, tid: str | None, trial_dir: Path) -> str | None:
+    """The checkpoint directory of `tid`'s last journaled epoch, or None.
 
-    A trial folder without checkpoint folders has nothing to resume, whatever the journal
-    says (the journal only names folders the trial published), so a fresh trial starts
-    without reading the journal. A trial that has checkpoints but cannot see the journal
-    runs on a node that does not share the storage: it fails, naming the fix, rather than
-    silently training again from epoch 0."""
-    journal, root = setup.get("journal"), setup.get("trials_root")
-    if not journal or not root or tid is None:
+    The journal lives on the experiment storage, which every node mounts. A trial folder
+    without checkpoint folders has nothing to resume, whatever the journal says (the
+    journal only names folders the trial published), so a fresh trial starts without
+    reading the journal. A trial that has checkpoints but cannot see the journal runs on a
+    node that does not share the storage: it fails, naming the fix, rather than silently
+    training again from epoch 0."""
+    if tid is None:
         return None
     if not any(trial_dir.glob(f"{CHECKPOINT_PREFIX}*")):
         return None
-    if not Path(journal).is_file():
+    layout = setup.layout
+    if not layout.journal.is_file():
         raise RuntimeError(
-            f"trial {tid} has checkpoints in {trial_dir} but the search journal {journal} "
-            "is not visible on this node: --storage must be a filesystem every node mounts "
-            "at the same path")
-    from tuner.journal import read_events
-
-    state_dir, ckpt = None, None
-    for ev in read_events(journal):
-        if ev.get("tid") != tid:
-            continue
-        if ev["ev"] == "trial":
-            state_dir = ev.get("dir") or tid
-        elif ev["ev"] == "result" and ev.get("ckpt"):
-            ckpt = ev["ckpt"]
-    if state_dir is None or ckpt is None:
+            f"trial {tid} has checkpoints in {trial_dir} but the search journal "
+            f"{layout.journal} is not visible on this node: --storage must be a filesystem "
+            "every node mounts at the same path")
+    trial = load_state(layout.root).trials.get(tid)
+    if trial is None or trial.checkpoint is None:
         return None
-    return str(Path(root) / state_dir / ckpt)
+    return str(layout.checkpoint_dir(trial.dirname, trial.checkpoint))
 
 
-def train_trial(trial_params: dict[str, Any], *, data: DataBundle, setup: dict[str, Any]
+def train_trial(trial_params: dict[str, Any], *, data: DataBundle, setup: TrialSetup
                 ) -> None:
     """Ray Tune function trainable (wrapped with tune.with_parameters by tuner.search)."""
     quiet_sigterm_exit()
     config = resolve_trial_config(trial_params, setup)
     if config.threads == 0:  # the trial's CPUs, recorded so a re-run uses them too
-        config = config.replace(threads=max(1, int(setup.get("cpus_per_trial", 1))))
-    tid = trial_params.get(TID_KEY)
+        config = config.replace(threads=max(1, int(setup.cpus_per_trial)))
+    tid = trial_params.get(TRIAL_ID)
     trial_dir = _trial_folder(tid, trial_params, setup)
     trial_dir.mkdir(parents=True, exist_ok=True)
     config.to_yaml(trial_dir / TRAIN_CONFIG_FILE)
 
     # Shared features are valid only if this trial renders and encodes exactly like the base.
-    shared = feature_key(config, data) == setup.get("feature_key")
+    shared = feature_key(config, data) == setup.feature_key
     features = None
-    if shared and setup.get("features_ref") is not None:
-        features = _shared_features(setup["features_ref"])
+    if shared and setup.features_ref is not None:
+        features = _shared_features(setup.features_ref)
 
     # fit()'s working checkpoint folder sits in the trial folder, on the same filesystem
     # as the per-epoch checkpoints, so publishing an epoch is a hard link, not a copy
@@ -249,7 +227,7 @@ def train_trial(trial_params: dict[str, Any], *, data: DataBundle, setup: dict[s
             metrics = {**metrics, "node_id": node}
             last.clear()
             last.update(metrics)
-            if metrics.get("fit_ends"):
+            if metrics.get(FIT_ENDS_KEY):
                 # The last epoch is held back until final.json is written: ASHA stops a
                 # trial at the report that reaches max_t, before fit() returns, and a
                 # driver that journals this report may close the trial at a resume
@@ -263,11 +241,11 @@ def train_trial(trial_params: dict[str, Any], *, data: DataBundle, setup: dict[s
                          resume_from=resume_from, vision_features=features,
                          backbone=_cached_backbone(config.backbone,
                                                    config.use_vision and features is None),
-                         evaluate_test=setup["kind"] == "ablation", tb_dir=trial_dir,
+                         evaluate_test=setup.kind == "ablation", tb_dir=trial_dir,
                          hparams=trial_hparams(trial_params, setup))
         except NonFiniteLossError as exc:
-            tune.report({**{k: math.nan for k in ("val_rmse", "val_loss")}, **last,
-                         "epoch": exc.epoch, "diverged": True, "diverged_epoch": exc.epoch,
+            tune.report({**{k: math.nan for k in (setup.metric, "val_loss")}, **last,
+                         "epoch": exc.epoch, DIVERGED_KEY: True, "diverged_epoch": exc.epoch,
                          "diverged_step": exc.step, "diverged_loss": exc.value,
                          "diverged_message": str(exc)})
             return
@@ -287,6 +265,17 @@ def old_checkpoints(trial_dir: Path, keep: int = KEEP_CHECKPOINTS) -> list[Path]
     """The trial's checkpoint folders beyond its newest `keep`, oldest first."""
     found = sorted(p for p in trial_dir.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir())
     return found[:-keep]
+
+
+def prune_trial_folder(trial_dir: Path, keep_name: str | None) -> None:
+    """After a trial ended: keep its newest checkpoints (always the one the journal names),
+    and drop the working folders a killed run left (a trial closed at resume never runs
+    again to remove them)."""
+    for path in old_checkpoints(trial_dir):
+        if path.name != keep_name:
+            shutil.rmtree(path, ignore_errors=True)
+    for path in [*trial_dir.glob(f"{WORK_PREFIX}*"), *trial_dir.glob(f".{CHECKPOINT_PREFIX}*")]:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def publish_checkpoint(source: Path, trial_dir: Path, epoch: int,
@@ -319,22 +308,20 @@ def publish_checkpoint(source: Path, trial_dir: Path, epoch: int,
     return name
 
 
-def trial_hparams(trial_params: dict[str, Any], setup: dict[str, Any]) -> dict[str, Any]:
+def trial_hparams(trial_params: dict[str, Any], setup: TrialSetup) -> dict[str, Any]:
     """What TensorBoard's HParams tab lists for a trial: its id and every parameter the
     search can sample, None where this trial did not sample it (a conditional parameter
     whose condition did not hold), so all trials describe the same columns."""
-    if setup["kind"] == "ablation":
+    if setup.kind == "ablation":
         names = ["ablation", "seed"]
     else:
-        names = list(setup["space"].sampled_names())
-    return {TID_KEY: trial_params.get(TID_KEY),
+        names = list(setup.space.sampled_names())
+    return {TRIAL_ID: trial_params.get(TRIAL_ID),
             **{name: trial_params.get(name) for name in names}}
 
 
 def _node_id() -> str:
     """Ray's id of the node this trial runs on (several nodes can share one IP)."""
-    import ray
-
     try:
         return str(ray.get_runtime_context().get_node_id())
     except Exception:  # outside a Ray worker (unit tests): no node
@@ -344,11 +331,10 @@ def _node_id() -> str:
 def _write_final(path: Path, result: FitResult, config: TrainConfig,
                  trial_params: dict[str, Any]) -> None:
     """final.json marks a trial that ran to its end (ASHA-stopped trials never write it)."""
-    rmses = [h["val_rmse"] for h in result.history]
     payload = {
-        "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
+        "epochs_run": result.epochs_run, "monitor": result.monitor,
+        "best_epoch": result.best_epoch, "best_value": result.best_value,
         "stopped_early": result.stopped_early,
-        "best_val_rmse": min(rmses) if rmses else None,
         "val": result.val, "test": result.test, "params": result.params,
         "train_seconds": result.train_seconds, "backbone": result.backbone,
         "ablation": trial_params.get("ablation"), "seed": config.seed,

@@ -30,6 +30,8 @@ from transformers.utils import logging as hf_logging
 from timesclip.errors import BackboneError
 
 TINY = "tiny"
+#: The file a CLIP checkpoint directory (or hub snapshot) describes its towers in.
+CLIP_CONFIG_FILE = "config.json"
 
 #: Seed of the tiny towers. Fixed so that every process (trial workers included) builds the
 #: very same random weights and results stay comparable across processes.
@@ -199,8 +201,8 @@ def _resolve(name: str) -> tuple[str, bool]:
         path = os.path.expanduser(name)
         if not os.path.isdir(path):
             raise _dir_error(name, "no such directory")
-        if not os.path.isfile(os.path.join(path, "config.json")):
-            raise _dir_error(name, "the directory has no config.json")
+        if not os.path.isfile(os.path.join(path, CLIP_CONFIG_FILE)):
+            raise _dir_error(name, f"the directory has no {CLIP_CONFIG_FILE}")
         return path, True
     try:
         with _quiet_transformers():

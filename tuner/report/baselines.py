@@ -6,6 +6,10 @@ predictors computed from the same DataBundle (train on train, select on val, sco
 metrics in the yield's own units), so a model that cannot beat them is visible at a glance:
 the training mean (the floor), ridge regression (the linear reference) and gradient boosting
 on the same flattened window (the strongest classical reference a reviewer would ask for).
+
+`reference_results` is the report's side: it reloads the experiment's data from
+`search_meta.json` (unless given) and fits the references only when the data still has the
+fingerprint the search recorded, so the references always score the search's own split.
 """
 
 from __future__ import annotations
@@ -17,8 +21,25 @@ from typing import Any
 
 import numpy as np
 
-from timesclip.data import DataBundle
-from timesclip.metrics import regression_metrics
+from timesclip.config import TrainConfig
+from timesclip.data import DataBundle, load_bundle
+from timesclip.errors import UserError
+from timesclip.metrics import better, regression_metrics
+from tuner.journal import clip_line
+from tuner.layout import META_FILE
+
+#: The reference rows, in the order every table lists them (after the ablation arms).
+REFERENCE_ROWS = ("mean", "ridge", "hgb")
+#: What each reference is, in summary.md / ablation.md / the ablation table's meaning column.
+REFERENCE_MEANINGS = {
+    "mean": "reference: predict the training mean",
+    "ridge": "reference: ridge regression on the flattened input window",
+    "hgb": "reference: gradient boosting on the flattened input window",
+}
+#: ... and in the page's headline table.
+REFERENCE_LABELS = {"mean": "reference: training mean",
+                    "ridge": "reference: ridge regression",
+                    "hgb": "reference: gradient boosting (HistGradientBoostingRegressor)"}
 
 #: Ridge penalties tried on the validation split (scaled inputs, scaled target).
 RIDGE_ALPHAS: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)
@@ -78,9 +99,10 @@ def ridge_baseline(data: DataBundle, alphas: Sequence[float] = RIDGE_ALPHAS) -> 
         model = Ridge(alpha=float(alpha)).fit(x_train, y_train)
         val_pred = data.scaler.inverse_y(model.predict(x_val))  # [N] own units
         rmse = regression_metrics(data.val.y_raw, val_pred)["rmse"]
-        if best is None or rmse < best[0]:
+        if better(rmse, best[0] if best else None, "min"):
             best = (rmse, float(alpha), model)
-    assert best is not None, "alphas must not be empty"
+    if best is None:
+        raise ValueError("no ridge penalty gave a finite validation RMSE (or none was given)")
     _, alpha, model = best
     val = regression_metrics(data.val.y_raw, data.scaler.inverse_y(model.predict(x_val)))
     test = regression_metrics(data.test.y_raw, data.scaler.inverse_y(model.predict(x_test)))
@@ -119,10 +141,11 @@ def hgb_baseline(data: DataBundle, grid: Sequence[dict[str, Any]] = HGB_GRID, *,
                                                   random_state=seed).fit(x_train, y_train)
             val_pred = data.scaler.inverse_y(model.predict(x_val))  # [N] own units
             rmse = regression_metrics(data.val.y_raw, val_pred)["rmse"]
-            if best is None or rmse < best[0]:
+            if better(rmse, best[0] if best else None, "min"):
                 best = (rmse, dict(setting), model)
         if best is None:
-            raise ValueError("the gradient-boosting grid must not be empty")
+            raise ValueError("no gradient-boosting setting gave a finite validation RMSE (or "
+                             "the grid is empty)")
         _, setting, model = best
         val_pred = data.scaler.inverse_y(model.predict(x_val))
         test_pred = data.scaler.inverse_y(model.predict(x_test))
@@ -160,5 +183,31 @@ def reference_baselines(data: DataBundle, *,
     return out
 
 
-__all__ = ["HGB_GRID", "HGB_SEED", "RIDGE_ALPHAS", "BaselineResult", "hgb_baseline",
-           "mean_baseline", "reference_baselines", "ridge_baseline"]
+def reference_results(meta: dict[str, Any], data_bundle: DataBundle | None, *,
+                      echo: Callable[[str], Any] | None = None
+                      ) -> tuple[list[BaselineResult] | None, str]:
+    """The references on the experiment's split, or (None, reason) when unavailable.
+
+    `data_bundle` omitted: the data is reloaded from search_meta.json. Either way it must
+    have the fingerprint the search recorded. `echo` receives the progress lines of the
+    slower fits."""
+    expected = str((meta.get("data") or {}).get("fingerprint") or "")
+    if data_bundle is None:
+        try:
+            config = TrainConfig.from_dict(meta.get("base_config") or {}, source=META_FILE)
+            data_bundle = load_bundle(config, (meta.get("data") or {}).get("paths"))
+        except UserError as exc:
+            return None, f"the search data could not be reloaded ({exc})"
+    got = str(getattr(data_bundle, "fingerprint", ""))
+    if expected and got != expected:
+        return None, (f"data changed since the search (fingerprint {got} now, {expected} "
+                      f"in {META_FILE})")
+    try:
+        return reference_baselines(data_bundle, echo=echo), ""
+    except (ValueError, np.linalg.LinAlgError) as exc:
+        return None, f"baseline fit failed ({clip_line(str(exc), 120)})"
+
+
+__all__ = ["HGB_GRID", "HGB_SEED", "REFERENCE_LABELS", "REFERENCE_MEANINGS", "REFERENCE_ROWS",
+           "RIDGE_ALPHAS", "BaselineResult", "hgb_baseline", "mean_baseline",
+           "reference_baselines", "reference_results", "ridge_baseline"]

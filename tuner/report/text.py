@@ -1,0 +1,80 @@
+"""How numbers and provenance read in every report file (summary.md, ablation.md,
+index.html and the figures' captions), so the three views print the same value the same way.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tuner.journal import as_float, clip_line
+
+#: Axis and table labels of the metrics a search can optimise.
+METRIC_LABELS = {"val_rmse": "validation RMSE", "val_mae": "validation MAE",
+                 "val_r2": "validation R²", "val_mape": "validation MAPE %",
+                 "val_loss": "validation loss", "val_mse": "validation MSE"}
+
+
+def fmt(value: Any, digits: int = 4) -> str:
+    """Compact number formatting for tables; missing values print as '–'."""
+    if value is None or value is pd.NA:
+        return "–"
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        if not math.isfinite(float(value)):
+            return "–"
+        return f"{float(value):.{digits}g}"
+    return str(value)
+
+
+def pm(mean: Any, std: Any) -> str:
+    """`mean ± std` of an ablation cell; the std is left out when it is undefined (n = 1)."""
+    mean, std = as_float(mean), as_float(std)
+    if not math.isfinite(mean):
+        return "–"
+    return fmt(mean) if not math.isfinite(std) else f"{fmt(mean)} ± {fmt(std, 2)}"
+
+
+def metric_label(metric: str) -> str:
+    return METRIC_LABELS.get(metric, metric)
+
+
+def backbone_line(backbone: str) -> str:
+    """summary.md / ablation.md: which backbone produced the numbers (a toy one, loudly)."""
+    if backbone == "tiny":
+        return ("backbone: `tiny` — these numbers come from a random toy backbone (smoke "
+                "test), NOT from pretrained CLIP")
+    return f"backbone: `{backbone}` (pretrained CLIP weights)"
+
+
+def data_line(meta: dict[str, Any]) -> str:
+    """summary.md / ablation.md: which data produced the numbers (synthetic, loudly)."""
+    data = meta.get("data") or {}
+    label = "SYNTHETIC data" if data.get("synthetic") else "data"
+    return (f"{label}: {data.get('description', '?')} (fingerprint "
+            f"`{data.get('fingerprint', '?')}`)")
+
+
+def provenance(meta: dict[str, Any]) -> str:
+    """One line for captions (in the page and in each PNG): which data and backbone."""
+    data = meta.get("data") or {}
+    backbone = str(meta.get("backbone", "?"))
+    kind = "SYNTHETIC data" if data.get("synthetic") else "data"
+    bb = ("backbone tiny (random toy weights, NOT pretrained CLIP)" if backbone == "tiny"
+          else f"backbone {backbone}")
+    return f"{kind}: {data.get('description', '?')} · {bb}"
+
+
+def short(exc: BaseException, limit: int = 160) -> str:
+    """An exception as one short line (for a note in place of a figure)."""
+    return clip_line(str(exc), limit) or type(exc).__name__
+
+
+__all__ = ["METRIC_LABELS", "backbone_line", "data_line", "fmt", "metric_label", "pm",
+           "provenance", "short"]
