@@ -12,6 +12,7 @@ import json
 import math
 import os
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,9 @@ from ray.tune.schedulers import TrialScheduler
 from tuner.journal import (
     ExperimentState,
     Journal,
+    JournalDamaged,
     TrialState,
+    load_state,
     read_events,
     repair_tail,
     replay,
@@ -124,17 +127,91 @@ def test_re_reported_epoch_replaces_the_abandoned_attempt():
     assert best_value(trial.history, "val_rmse", "min") == (0.9, 2)
 
 
-def test_events_for_never_created_trials_are_ignored():
-    events = [ev("driver_start", 1, 0.0), trial_ev("t0000", 1, 1.0, 0),
-              result_ev("t0009", 1, 2.0, 1, 0.5, rung=[1.0, 0.5]),
-              ev("rung", 1, 2.5, tid="t0009", rung=[2.0, 0.5]),
-              ev("attach", 1, 3.0, tid="t0009", ray_id="x"),
-              ev("retry", 1, 3.5, tid="t0009", error="x"),
-              ev("end", 1, 4.0, tid="t0009", status=TERMINATED, stopped_by="completed")]
-    state = replay(events)
+@pytest.mark.parametrize("orphan", [
+    result_ev("t0009", 1, 2.0, 1, 0.5, rung=[1.0, 0.5]),
+    ev("rung", 1, 2.5, tid="t0009", rung=[2.0, 0.5]),
+    ev("attach", 1, 3.0, tid="t0009", ray_id="x"),
+    ev("retry", 1, 3.5, tid="t0009", error="x"),
+    ev("end", 1, 4.0, tid="t0009", status=TERMINATED, stopped_by="completed"),
+], ids=lambda e: e["ev"])
+def test_an_event_for_a_never_created_trial_is_damage(orphan):
+    """A trial's `trial` line is journaled before anything else of it: an event for an
+    unknown trial means a lost line (its index would be handed out again), never a case to
+    skip."""
+    events = [ev("driver_start", 1, 0.0), trial_ev("t0000", 1, 1.0, 0), orphan]
+    with pytest.raises(JournalDamaged, match=r"journal line 3: .*t0009, which was never "
+                                             r"created.*restore journal.jsonl"):
+        replay(events)
+
+
+@pytest.mark.parametrize(("bad", "message"), [
+    (trial_ev("t0000", 1, 2.0, 1), "t0000 is created a second time"),
+    (trial_ev("../../x", 1, 2.0, 1), "'../../x' is not a trial id"),
+    ({**trial_ev("t0001", 1, 2.0, 1), "dir": "../../elsewhere"}, "is not one folder name"),
+    ({**trial_ev("t0001", 1, 2.0, 1), "dir": "/etc"}, "is not one folder name"),
+    (ev("result", 1, 2.0, tid="t0000", epoch=1, metrics={}, ckpt="../../../tmp/x"),
+     "is not a checkpoint folder name"),
+    (ev("end", 1, 2.0, tid="t0000", status="FINE", stopped_by="completed"),
+     "missing or invalid field"),
+    (ev("trial", 1, 2.0, tid="t0001", params={}), "missing or invalid field"),
+], ids=["duplicate", "bad-id", "dir-up", "dir-absolute", "ckpt-up", "status", "no-index"])
+def test_a_line_the_driver_cannot_have_written_is_damage(bad, message):
+    events = [ev("driver_start", 1, 0.0), trial_ev("t0000", 1, 1.0, 0), bad]
+    with pytest.raises(JournalDamaged, match=f"journal line 3: .*{re.escape(message)}"):
+        replay(events)
+
+
+def test_only_a_torn_last_line_is_tolerated(tmp_path):
+    """A last line without its newline is what a kill during an append leaves: ignored.
+    Any other unreadable line stops the replay, naming the file and the line."""
+    path = tmp_path / JOURNAL_FILE
+    good = [ev("driver_start", 1, 0.0), trial_ev("t0000", 1, 1.0, 0),
+            result_ev("t0000", 1, 2.0, 1, 0.5)]
+    lines = [json.dumps(e) for e in good]
+    path.write_text("\n".join(lines) + "\n" + '{"ev": "result", "seg": 1, "tid": "t00')
+    assert [e["ev"] for e in load_state_events(tmp_path)] == ["driver_start", "trial", "result"]
+    path.write_text("\n".join([lines[0], "garbage", *lines[1:]]) + "\n")
+    with pytest.raises(JournalDamaged, match=rf"{re.escape(str(path))} line 2: not a JSON"):
+        load_state(tmp_path)
+    path.write_text("\n".join([lines[0], "", *lines[1:]]) + "\n")  # an empty line too
+    with pytest.raises(JournalDamaged, match="line 2: not a JSON"):
+        load_state(tmp_path)
+    path.write_text("\n".join([lines[0], '{"ev": "unknown"}', *lines[1:]]) + "\n")
+    with pytest.raises(JournalDamaged, match="line 2: not a journal event"):
+        load_state(tmp_path)
+    path.write_bytes(b"\xff\xfe" + ("\n".join(lines) + "\n").encode())
+    with pytest.raises(JournalDamaged, match="line 1: not a JSON"):
+        load_state(tmp_path)
+
+
+def load_state_events(exp: Path) -> list[dict[str, Any]]:
+    state = load_state(exp)
     assert list(state.trials) == ["t0000"]
-    assert state.rungs == [] and state.ended == []
-    assert state.segments[1].end == 4.0  # the driver run still lasted until then
+    return read_events(exp / JOURNAL_FILE)
+
+
+def test_a_failed_append_leaves_no_torn_line(tmp_path, monkeypatch):
+    """An append that fails (a full disk) is cut off again, so a later append can never
+    bury a torn line mid-file; ENOSPC becomes StorageFull."""
+    import errno
+
+    from tuner.layout import StorageFull
+
+    journal = Journal(tmp_path / JOURNAL_FILE, 1)
+    journal.append("driver_start")
+    real_fsync = os.fsync
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(StorageFull, match="no space left on device writing"):
+        journal.append("trial", tid="t0000", index=0, params={"x": "y" * 100}, dir="t0000")
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    journal.append("trial", tid="t0000", index=0, params={}, dir="t0000")
+    journal.close()
+    assert [e["ev"] for e in read_events(tmp_path / JOURNAL_FILE)] == ["driver_start", "trial"]
+    assert list(load_state(tmp_path).trials) == ["t0000"]
 
 
 def test_wall_seconds_sum_spans_per_driver_run():
@@ -736,8 +813,11 @@ def test_a_trial_resumes_from_the_checkpoint_its_journal_names(tmp_path):
     setup = TrialSetup(kind="search", space=None, base_config={}, metric="val_rmse",  # type: ignore[arg-type]
                        cpus_per_trial=1, feature_key="", experiment=str(tmp_path))
     trial_dir = root / "t0000-lr0.001"
-    # no journal file and no checkpoints: a new trial, nothing to resume
-    assert journal_checkpoint(setup, "t0000", trial_dir) is None
+    # the common case of a retry on a node that does not share --storage: its trial folder
+    # there is empty, and without the journal it would train again from epoch 0 unseen
+    with pytest.raises(RuntimeError, match="cannot see the search journal.*--storage must be "
+                                           "a filesystem every node mounts"):
+        journal_checkpoint(setup, "t0000", trial_dir)
 
     journal = Journal(journal_path, 1)
     journal.append("trial", tid="t0000", index=0, dir=trial_dir.name, params={})
@@ -747,11 +827,11 @@ def test_a_trial_resumes_from_the_checkpoint_its_journal_names(tmp_path):
     journal.close()
     for epoch in (1, 2):  # epoch 2 was published, but its result never reached the journal
         (trial_dir / f"checkpoint_{epoch:06d}").mkdir(parents=True)
+    assert journal_checkpoint(setup, "t0002", root / "t0002") is None  # fresh: nothing to do
     assert journal_checkpoint(setup, "t0000", trial_dir) == str(trial_dir / "checkpoint_000001")
-    assert journal_checkpoint(setup, "t0002", root / "t0002") is None
 
     journal_path.unlink()
-    with pytest.raises(RuntimeError, match="not visible on this node.*every node mounts"):
+    with pytest.raises(RuntimeError, match="cannot see the search journal.*every node mounts"):
         journal_checkpoint(setup, "t0000", trial_dir)
 
 

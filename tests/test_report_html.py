@@ -469,20 +469,24 @@ def test_history_best_so_far_follows_the_metric_mode(page_exp):
 
 def test_a_stored_file_name_outside_the_experiment_is_refused(page_exp, small_bundle,
                                                               tmp_path):
-    """best_test.json altered to name a predictions file outside the experiment: that
-    figure becomes a note (and a report note), the other figures and files stay."""
+    """best_test.json altered to name a predictions file outside the experiment: the report
+    stops in one line (a UserError: exit 2 from the CLI) and reads nothing elsewhere;
+    the report already there stays as it was."""
+    from tuner.layout import UnsafePathError
+
     exp = _copy(page_exp, tmp_path / "crafted" / NAME)
     shutil.copy(exp / "best_test_predictions.csv", tmp_path / "crafted" / "elsewhere.csv")
-    best_test = json.loads((exp / "best_test.json").read_text())
-    best_test["predictions"] = "../elsewhere.csv"  # a valid predictions file, but outside
-    (exp / "best_test.json").write_text(json.dumps(best_test))
-    notes: list[str] = []
-    paths = build_report(exp, data_bundle=small_bundle, echo=notes.append)
-    html = paths.index_html.read_text()
-    assert "predicted_vs_actual.png" not in html and "attention.png" in html
-    assert "points outside the experiment folder" in html
-    assert any("Predicted vs actual (test split)" in n and "outside" in n for n in notes)
-    assert paths.best_config is not None
+    build_report(exp, data_bundle=small_bundle, echo=lambda _: None)
+    before = sorted(p.name for p in (exp / "report").iterdir())
+    for key, value in (("predictions", "../elsewhere.csv"), ("attention", "/etc/passwd"),
+                       ("checkpoint", "../../x")):
+        best_test = json.loads((page_exp / "best_test.json").read_text())
+        best_test[key] = value
+        (exp / "best_test.json").write_text(json.dumps(best_test))
+        with pytest.raises(UnsafePathError, match=rf"best_test.json \({key}\): .* points "
+                                                  "outside the experiment folder"):
+            build_report(exp, data_bundle=small_bundle, echo=lambda _: None)
+        assert sorted(p.name for p in (exp / "report").iterdir()) == before
 
 
 def test_page_escapes_what_it_reads(page_exp, small_bundle, tmp_path):

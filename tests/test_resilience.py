@@ -127,17 +127,49 @@ def test_graceful_stop_exit_code_message_and_resume(how, tmp_path, small_csvs):
 
 
 # ------------------------------------------------------------------ SIGKILL + determinism
-def test_killed_twice_and_resumed_matches_an_uninterrupted_search(tmp_path, small_csvs):
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, small_csvs):
+    """An uninterrupted search, one trial at a time (report order is deterministic)."""
+    storage = tmp_path_factory.mktemp("reference")
+    proc, wall = cli(*_args(storage, "reference", small_csvs, "--max-concurrent", "1"))
+    ok(proc)
+    print(f"\n[wall] uninterrupted reference search: {wall:.1f}s")
+    return storage / "reference"
+
+
+@pytest.mark.parametrize("point", ["after_ask:3", "after_end:2"])
+def test_killed_between_a_decision_and_its_record(point, reference, tmp_path, small_csvs):
+    """The two windows one random kill rarely hits: after Optuna was asked for a trial but
+    before its `trial` line (the study holds a trial the journal does not), and after a
+    trial's `end` line but before Optuna was told. SIGKILLed there, then resumed, the
+    search equals the uninterrupted one."""
+    one = ("--max-concurrent", "1")
+    killed, _ = cli(*_args(tmp_path, "killed", small_csvs, *one), TIMESCLIP_FAULT=point)
+    assert killed.returncode == -signal.SIGKILL, killed.stdout[-3000:] + killed.stderr[-3000:]
+    exp = tmp_path / "killed"
+    events = journal_events(exp)
+    if point.startswith("after_ask"):  # two trials journaled, the third asked, not recorded
+        assert [e["ev"] for e in events].count("trial") == 2
+    else:  # the second end journaled, then killed before Optuna heard of it
+        assert events[-1]["ev"] == "end" and [e["ev"] for e in events].count("end") == 2
+    resumed, _ = cli(*_args(tmp_path, "killed", small_csvs, *one, "--resume"))
+    out = ok(resumed)
+    assert "lock: took over the stale lock of pid" in out  # the killed driver's
+    check_consistent(exp, SAMPLES)
+    pd.testing.assert_frame_equal(_outcomes(exp), _outcomes(reference), check_exact=True)
+    assert json.loads((exp / "best_test.json").read_text())["test"] == \
+        json.loads((reference / "best_test.json").read_text())["test"]
+
+
+def test_killed_twice_and_resumed_matches_an_uninterrupted_search(reference, tmp_path,
+                                                                   small_csvs):
     """The driver is SIGKILLed twice — once at a chosen point (right after its 5th epoch
     result is journaled), once from outside at an arbitrary moment — and resumed each time.
     The finished experiment equals an uninterrupted one with the same seed: the same
     trials, the same ASHA stops, the same values; ASHA's rung records after each restore
     equal those the killed driver held."""
     one = ("--max-concurrent", "1")  # one trial at a time: report order is deterministic
-    reference, wall = cli(*_args(tmp_path, "reference", small_csvs, *one))
-    ok(reference)
-    print(f"\n[wall] uninterrupted reference search: {wall:.1f}s")
-    ref = tmp_path / "reference"
+    ref = reference
 
     name = "killed"
     exp = tmp_path / name
@@ -156,6 +188,7 @@ def test_killed_twice_and_resumed_matches_an_uninterrupted_search(tmp_path, smal
     code, output = finish(second)
     assert code == -signal.SIGKILL
     assert "resuming: " in output and "asha: " in output
+    assert "lock: took over the stale lock of pid" in output  # the first killed driver's
     assert _rungs(exp / "asha_restored-seg2.json") == held_before_kill
     snapshot = _rungs(exp / "asha_state.json")
     shutil.copy(exp / "journal.jsonl", tmp_path / "journal-at-second-kill.jsonl")

@@ -577,7 +577,6 @@ def test_preflight_failure_is_one_line_exit_2_without_ray(case, preflight_runs):
     assert not (storage / "fresh").exists()  # nothing written for a run that never started
     assert sorted(p.name for p in storage.iterdir()) == ["taken"]  # nothing outside it either
     assert not (storage / ".." / ".." / "escape").resolve().exists()
-    assert wall < 30
 
 
 # =============================================================== 5. --help

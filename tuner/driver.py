@@ -17,11 +17,14 @@ trials, finish.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import signal
+import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -34,14 +37,33 @@ from timesclip.features import feature_key
 from tuner.cluster import (
     GracefulStop,
     SearchInterrupted,
+    end_own_processes,
     exit_code,
     fit_local_resources,
     init_ray,
 )
 from tuner.evaluation import score_best_once
-from tuner.features import SharedFeatures
-from tuner.journal import ExperimentState, Journal, TrialState, driver_fields, load_state
-from tuner.layout import LEGACY_OPTUNA_DB, OPTUNA_JOURNAL, TRIAL_ID, TRIALS_DIR, trial_dirname
+from tuner.features import FeatureTaskFailed, SharedFeatures
+from tuner.journal import (
+    ExperimentState,
+    Journal,
+    TrialState,
+    clip_line,
+    driver_fields,
+    load_state,
+)
+from tuner.layout import (
+    CHECKPOINT_PREFIX,
+    LEGACY_OPTUNA_DB,
+    OPTUNA_JOURNAL,
+    TRIAL_ID,
+    TRIALS_DIR,
+    ExperimentLayout,
+    StorageFull,
+    is_storage_full,
+    trial_dirname,
+)
+from tuner.lock import DriverLock
 from tuner.outcomes import Status, end_decided
 from tuner.plan import SearchPlan
 from tuner.report import build_report
@@ -57,7 +79,7 @@ from tuner.tracking import (
     Replay,
     TrialProgress,
 )
-from tuner.trainable import TrialSetup, prune_trial_folder, train_trial
+from tuner.trainable import KEEP_CHECKPOINTS, TrialSetup, prune_trial_folder, train_trial
 
 Echo = Callable[[str], None]
 
@@ -73,10 +95,26 @@ class Driver:
 
     # ------------------------------------------------------------------------- driver
     def run(self) -> int:
+        """One driver run, holding the experiment's lock from before its first write to
+        its last (a second driver stops in one line; see tuner.lock)."""
         plan, layout = self.plan, self.layout
-        if not plan.resume:
-            layout.root.mkdir(parents=True, exist_ok=True)
-            write_json(layout.meta, plan.meta())
+        layout.root.mkdir(parents=True, exist_ok=True)
+        lock = DriverLock(layout.lock, self.echo)
+        lock.acquire()
+        try:
+            if not plan.resume:
+                try:
+                    write_json(layout.meta, plan.meta())
+                except OSError as exc:
+                    if is_storage_full(exc):
+                        raise StorageFull(exc.errno, f"writing {layout.meta}") from None
+                    raise
+            return self._journaled_run()
+        finally:
+            lock.release()
+
+    def _journaled_run(self) -> int:
+        plan, layout = self.plan, self.layout
         state = load_state(layout.root)
         journal = Journal(layout.journal, 1 + max(state.segments, default=0))
         ledger = Ledger(journal, state, metric=plan.metric, mode=plan.mode,
@@ -92,6 +130,15 @@ class Driver:
             signum = getattr(exc, "signum", signal.SIGINT)
             ledger.record("driver_end", how="interrupted", signal=signal.Signals(signum).name)
             raise
+        except FeatureTaskFailed as exc:
+            ledger.record("driver_end", how="failed", error=str(exc))
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            return 1
+        except Exception as exc:
+            if not is_storage_full(exc):
+                raise
+            ledger.storage_full = ledger.storage_full or str(exc)
+            return self._storage_full(ledger)
         finally:
             journal.close()
 
@@ -110,6 +157,8 @@ class Driver:
             self._rebuild_study(state, [])
         if replays or to_create:
             signum = self._run_trials(ledger, replays, to_create)
+            if ledger.storage_full is not None:
+                return self._storage_full(ledger)
             if signum is not None:
                 return self._interrupted(ledger, signum)
         return self._finished(ledger)
@@ -118,7 +167,7 @@ class Driver:
                        ) -> dict[str, int]:
         """optuna.journal written anew from the journal; an earlier version's optuna.db is
         superseded by it and removed."""
-        ids = rebuild_study(self.layout.optuna_journal, study_name=self.plan.name,
+        ids = rebuild_study(self.layout.optuna_journal, study_name=self.plan.study_name,
                             mode=self.plan.mode, metric=self.plan.metric, state=state,
                             replays=replays)
         legacy = self.layout.legacy_optuna_db
@@ -146,6 +195,8 @@ class Driver:
         ray_start = time.perf_counter()
         try:
             init_ray(plan.address, plan.num_cpus, self.echo)
+            if not plan.address:  # a second Ctrl-C ends the private instance too
+                self.stop.on_exit = end_own_processes
             # Ray's core installs its own SIGTERM handler (it aborts the process): take
             # SIGINT/SIGTERM back so a preemption stops the search cleanly.
             self.stop.install()
@@ -176,6 +227,9 @@ class Driver:
                 analysis_log.setLevel(level)
         finally:
             ray.shutdown()
+            if not plan.address:  # nothing of the private instance outlives the search
+                end_own_processes()
+                self.stop.on_exit = None
         return ledger.interrupt_signal
 
     def _record_resources(self, resources: dict[str, float]) -> None:
@@ -215,7 +269,7 @@ class Driver:
             searcher = JournaledOptunaSearch(
                 ledger=ledger, replays=[Replay(t, ids.get(t.tid)) for t in replays],
                 to_create=to_create, dirname=trial_dirname, space=plan.space.define_by_run,
-                metric=plan.metric, mode=plan.mode, sampler=sampler, study_name=plan.name,
+                metric=plan.metric, mode=plan.mode, sampler=sampler, study_name=plan.study_name,
                 storage=study_storage(self.layout.optuna_journal))
             scheduler = self._scheduler(ledger)
         trainable = tune.with_resources(
@@ -267,6 +321,16 @@ class Driver:
         self.echo(f"continue with: {self.plan.resume_command()}")
         return exit_code(signum)
 
+    def _storage_full(self, ledger: Ledger) -> int:
+        """The storage is full: one line naming --storage and about how much it needs, exit
+        1. The trials it interrupted stay unfinished (never ERROR): --resume continues them
+        once there is space. No report is written (there is no room for one)."""
+        with contextlib.suppress(OSError):
+            ledger.record("driver_end", how="failed", error="storage full")
+        print(f"error: {storage_advice(self.layout, self.plan, ledger.storage_full)}; then "
+              f"continue with: {self.plan.resume_command()}", file=sys.stderr, flush=True)
+        return 1
+
     def _finished(self, ledger: Ledger) -> int:
         state = ledger.state
         total = self.plan.budget.num_samples
@@ -301,6 +365,24 @@ class Driver:
 
     def _report(self) -> None:
         build_report(self.layout.root, data_bundle=self.plan.data, echo=self.echo)
+
+
+def storage_advice(layout: ExperimentLayout, plan: SearchPlan, what: str | None) -> str:
+    """`--storage DIR is full (...): free about N MB there (...)`: how much a search needs
+    to go on, from what its trials keep (up to KEEP_CHECKPOINTS + 1 checkpoint folders per
+    running trial while it publishes a new one) plus room for the journal and the report."""
+    largest = max((_size(p) for p in layout.trials.glob(f"*/{CHECKPOINT_PREFIX}*")),
+                  default=0)
+    need = (KEEP_CHECKPOINTS + 1) * largest * plan.budget.max_concurrent + 20 * 2**20
+    cause = clip_line(what or "no space left on device", 160)
+    return (f"--storage {layout.root.parent} is full ({cause}): free at least "
+            f"{need / 2**20:.0f} MB there (each of the {plan.budget.max_concurrent} running "
+            f"trial(s) keeps up to {KEEP_CHECKPOINTS} checkpoints of {largest / 2**20:.1f} "
+            "MB, plus room for the journal and the report)")
+
+
+def _size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
 def write_json(path: Any, payload: dict[str, Any]) -> None:

@@ -27,12 +27,17 @@ from timesclip.data import DataBundle
 from timesclip.feature_cache import FeatureKey, lookup, store
 from timesclip.features import compute_features
 from tuner.cluster import SearchInterrupted
+from tuner.journal import clip_line
 from tuner.trainable import quiet_sigterm_exit
 
 #: After this many seconds of waiting for the feature task the driver says what it needs.
 FEATURE_WAIT_NOTE_S = 60.0
 
 Echo = Callable[[str], None]
+
+
+class FeatureTaskFailed(RuntimeError):
+    """The search's one vision pass failed: no trial can run without its features."""
 
 
 def vision_features(config: TrainConfig, data: DataBundle) -> dict[str, Any] | None:
@@ -95,8 +100,15 @@ class SharedFeatures:
             self.features = ray.get(ref)
         except SearchInterrupted:
             raise
-        except Exception as exc:  # the trials that need them fail and say so
-            self.echo(f"vision features: the feature task failed ({exc.__class__.__name__})")
+        except Exception as exc:
+            # Every trial needs these features: starting them would only fail each one
+            # --max-failures times. Say what went wrong in the task, and stop.
+            cause = getattr(exc, "cause", None) or exc  # a RayTaskError carries the original
+            text = clip_line(f"{type(cause).__name__}: {cause}", 240)
+            raise FeatureTaskFailed(
+                f"the vision feature task failed before any trial started ({text}); fix what "
+                "it names (the backbone's weights on the node that ran it, its memory or "
+                "GPU), then continue with the same command plus --resume") from None
 
 
-__all__ = ["FEATURE_WAIT_NOTE_S", "SharedFeatures", "vision_features"]
+__all__ = ["FEATURE_WAIT_NOTE_S", "FeatureTaskFailed", "SharedFeatures", "vision_features"]

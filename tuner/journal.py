@@ -27,6 +27,7 @@ the experiment's file names are `tuner.layout`'s.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -37,10 +38,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tuner.layout import JOURNAL_FILE
+from timesclip.errors import UserError
+from tuner.layout import (
+    JOURNAL_FILE,
+    StorageFull,
+    check_checkpoint_name,
+    check_dirname,
+    check_trial_id,
+)
 from tuner.outcomes import ENDED, Status, StopReason
 
 VERSION = 1
+#: Event kinds a journal holds (see the module docstring).
+EVENTS = ("trial", "result", "end", "retry", "attach", "start", "rung", "driver_start",
+          "driver_end")
+_DAMAGE_FIX = ("the journal was altered or damaged (only a torn last line is repaired); "
+               "restore journal.jsonl from a copy, or start the search again under a new "
+               "--name: --resume and tuner.results refuse to guess what the line held")
+
+
+class JournalDamaged(UserError):
+    """A journal line that the driver cannot have written (anything but a torn last line)."""
 
 
 class Journal:
@@ -60,10 +78,29 @@ class Journal:
         if self._file is None:  # a pickled copy (see __getstate__): never writes
             return record
         line = json.dumps(record, allow_nan=False, separators=(",", ":"))
-        self._file.write(line + "\n")
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        start = self._file.tell()
+        try:
+            self._file.write(line + "\n")
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError as exc:
+            # A line that did not reach the disk whole is cut off again: a failed append
+            # must not leave a torn line that later appends would bury mid-file.
+            self._truncate(start)
+            if exc.errno == errno.ENOSPC:
+                raise StorageFull(exc.errno, f"no space left on device writing {self.path}"
+                                  ) from None
+            raise
         return record
+
+    def _truncate(self, size: int) -> None:
+        try:
+            self._file.close()
+        except OSError:  # its buffer could not be flushed either: drop it
+            pass
+        with open(self.path, "r+b") as fh:
+            fh.truncate(size)
+        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (kept open)
 
     def close(self) -> None:
         if self._file is not None and not self._file.closed:
@@ -91,24 +128,34 @@ def repair_tail(path: Path) -> None:
         fh.truncate(cut)
 
 
-def read_events(path: str | Path) -> list[dict[str, Any]]:
-    """Every complete event of a journal, in order (a torn last line is ignored)."""
+def numbered_events(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, event) of every complete line of a journal, in order.
+
+    A last line without its newline is what a kill during an append leaves: it is ignored
+    (and cut off by the next driver). Any other line that is not a JSON event raises
+    JournalDamaged naming the file and line."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        data = Path(path).read_bytes()
     except FileNotFoundError:
         return []
-    events = []
-    for line in text.splitlines():
-        line = line.strip()
-        if not line:
-            continue
+    out = []
+    for number, raw in enumerate(data.split(b"\n")[:-1], 1):  # [-1]: b"" or a torn line
         try:
-            event = json.loads(line)
-        except ValueError:
-            continue  # only the last line can be torn; anything else is skipped, not fatal
-        if isinstance(event, dict) and "ev" in event:
-            events.append(event)
-    return events
+            event = json.loads(raw)
+        except ValueError as exc:  # UnicodeDecodeError is a ValueError too
+            raise JournalDamaged(f"{path} line {number}: not a JSON event "
+                                 f"({clip_line(str(exc), 80)}); {_DAMAGE_FIX}") from None
+        if not isinstance(event, dict) or event.get("ev") not in EVENTS:
+            kind = event.get("ev") if isinstance(event, dict) else type(event).__name__
+            raise JournalDamaged(f"{path} line {number}: not a journal event ({kind!r}; a "
+                                 f"journal of a newer version?); {_DAMAGE_FIX}")
+        out.append((number, event))
+    return out
+
+
+def read_events(path: str | Path) -> list[dict[str, Any]]:
+    """Every complete event of a journal, in order (see `numbered_events`)."""
+    return [event for _, event in numbered_events(path)]
 
 
 def as_float(value: Any) -> float:
@@ -253,18 +300,21 @@ class ExperimentState:
                 segment.how = str(ev.get("how", "finished"))
                 segment.signal = ev.get("signal")
             return
-        tid = ev.get("tid")
+        tid = check_trial_id(ev.get("tid"), f"a {kind!r} event")
         if kind == "trial":
+            if tid in self.trials:
+                raise JournalDamaged(f"trial {tid} is created a second time")
             self.trials[tid] = TrialState(
                 tid=tid, index=int(ev["index"]), params=dict(ev["params"]),
-                dirname=str(ev.get("dir") or tid), optuna=ev.get("optuna"),
+                dirname=check_dirname(ev.get("dir") or tid, f"trial {tid}"),
+                optuna=ev.get("optuna"),
                 ray_ids=[ev["ray_id"]] if ev.get("ray_id") else [])
             if ev.get("sampler") is not None:
                 self.sampler_state = ev["sampler"]
             return
         trial = self.trials.get(tid)
-        if trial is None:
-            return  # an event for a trial whose creation was never journaled
+        if trial is None:  # the `trial` line is written before anything else of a trial
+            raise JournalDamaged(f"a {kind!r} event for trial {tid}, which was never created")
         if kind == "attach":
             trial.ray_ids.append(ev["ray_id"])
         elif kind == "start":
@@ -286,7 +336,8 @@ class ExperimentState:
                     trial.result_times.pop(later, None)
                 trial.history[epoch] = dict(ev.get("metrics") or {})
                 trial.result_times[epoch] = t
-                trial.checkpoint = ev.get("ckpt") or trial.checkpoint
+                if ev.get("ckpt"):
+                    trial.checkpoint = check_checkpoint_name(ev["ckpt"], f"trial {tid}")
                 trial.decisions.append((epoch, str(ev.get("decision", "continue"))))
                 trial.fit_ends = bool(ev.get("fit_ends"))
             if ev.get("rung"):
@@ -306,16 +357,31 @@ class ExperimentState:
             trial.end = ev
 
 
-def replay(events: list[dict[str, Any]]) -> ExperimentState:
-    """Fold the journal's events into the experiment's current state."""
+def replay(events: list[dict[str, Any]], *, where: str = "journal",
+           lines: list[int] | None = None) -> ExperimentState:
+    """Fold the journal's events into the experiment's current state; an event that the
+    driver cannot have written (an unknown or duplicated trial, a missing field, a name
+    that is not a trial id or a folder name) raises JournalDamaged naming its line."""
     state = ExperimentState()
-    for ev in events:
-        state.apply(ev)
+    for i, ev in enumerate(events):
+        number = lines[i] if lines is not None else i + 1
+        try:
+            state.apply(ev)
+        except UserError as exc:
+            raise JournalDamaged(f"{where} line {number}: {exc}; {_DAMAGE_FIX}") from None
+        except (KeyError, TypeError, ValueError) as exc:
+            raise JournalDamaged(f"{where} line {number}: a {ev.get('ev')!r} event with a "
+                                 f"missing or invalid field ({clip_line(repr(exc), 80)}); "
+                                 f"{_DAMAGE_FIX}") from None
     return state
 
 
 def load_state(experiment_dir: str | Path) -> ExperimentState:
-    return replay(read_events(Path(experiment_dir) / JOURNAL_FILE))
+    """The experiment's state, replayed from its journal (JournalDamaged on damage)."""
+    path = Path(experiment_dir) / JOURNAL_FILE
+    numbered = numbered_events(path)
+    return replay([ev for _, ev in numbered], where=str(path),
+                  lines=[n for n, _ in numbered])
 
 
 def driver_fields() -> dict[str, Any]:
@@ -372,6 +438,6 @@ def clip_line(text: str, limit: int = _MAX_ERROR) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-__all__ = ["ExperimentState", "Journal", "Segment", "TrialState", "as_float",
-           "clip_line", "driver_fields", "load_state", "read_events", "repair_tail", "replay",
-           "summarize_error"]
+__all__ = ["EVENTS", "ExperimentState", "Journal", "JournalDamaged", "Segment", "TrialState",
+           "as_float", "clip_line", "driver_fields", "load_state", "numbered_events",
+           "read_events", "repair_tail", "replay", "summarize_error"]

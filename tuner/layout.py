@@ -21,6 +21,7 @@ This module is pure Python (no Ray, no Optuna), so every layer can import it.
 
 from __future__ import annotations
 
+import errno
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,6 +111,45 @@ class UnsafePathError(UserError):
     """A name read from the experiment's own files points outside the experiment."""
 
 
+class StorageFull(OSError):
+    """The experiment's storage has no space left (ENOSPC): an infrastructure failure, not
+    a property of any configuration. The driver stops in one line; `--resume` continues
+    once space is freed."""
+
+
+def is_storage_full(exc: BaseException | None) -> bool:
+    """Whether `exc`, or an exception it was raised from or during, is ENOSPC (Ray and
+    Optuna wrap what our callbacks raise)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, StorageFull) or (isinstance(exc, OSError)
+                                            and exc.errno == errno.ENOSPC):
+            return True
+        if "No space left on device" in str(exc):  # a wrapper that kept only the text
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def check_dirname(dirname: Any, where: str) -> str:
+    """A trial folder name read from a file: one component, never `.`/`..`."""
+    if not isinstance(dirname, str) or not dirname or "/" in dirname or "\\" in dirname \
+            or dirname in (".", "..") or "\x00" in dirname:
+        raise UnsafePathError(f"{where}: trial folder {dirname!r} is not one folder name "
+                              "under trials/; the file was altered, refusing to use it")
+    return dirname
+
+
+def check_checkpoint_name(name: Any, where: str) -> str:
+    """A checkpoint folder name read from a file: checkpoint_NNNNNN and nothing else."""
+    if not isinstance(name, str) or not _CHECKPOINT_NAME.match(name):
+        raise UnsafePathError(f"{where}: checkpoint {name!r} is not a checkpoint folder name "
+                              f"({CHECKPOINT_PREFIX}NNNNNN); the file was altered, refusing "
+                              "to use it")
+    return name
+
+
 def check_trial_id(tid: Any, where: str) -> str:
     """A trial id read from a file: it must match the id pattern (it names folders)."""
     if not isinstance(tid, str) or not TRIAL_ID_PATTERN.match(tid):
@@ -189,18 +229,11 @@ class ExperimentLayout:
 
     def trial_dir(self, dirname: str, where: str = JOURNAL_FILE) -> Path:
         """A trial's folder from its journaled name: one component under trials/."""
-        if not isinstance(dirname, str) or not dirname or "/" in dirname or "\\" in dirname \
-                or dirname in (".", ".."):
-            raise UnsafePathError(f"{where}: trial folder {dirname!r} is not one folder name "
-                                  "under trials/; the file was altered, refusing to use it")
-        return self.inside(Path(TRIALS_DIR) / dirname, where)
+        return self.inside(Path(TRIALS_DIR) / check_dirname(dirname, where), where)
 
     def checkpoint_dir(self, dirname: str, checkpoint: str, where: str = JOURNAL_FILE) -> Path:
         """A published checkpoint folder of a trial, from journaled names."""
-        if not isinstance(checkpoint, str) or not _CHECKPOINT_NAME.match(checkpoint):
-            raise UnsafePathError(f"{where}: checkpoint {checkpoint!r} is not a checkpoint "
-                                  f"folder name ({CHECKPOINT_PREFIX}NNNNNN); the file was "
-                                  "altered, refusing to use it")
+        check_checkpoint_name(checkpoint, where)
         return self.inside(self.trial_dir(dirname, where).relative_to(self.root) / checkpoint,
                            where)
 
@@ -210,5 +243,6 @@ __all__ = ["ABLATION_CSV", "ABLATION_MD", "ASHA_RESTORED_FILE", "ASHA_STATE_FILE
            "CHECKPOINT_PREFIX", "FIGURES_DIR", "FINAL_FILE", "INDEX_HTML", "JOURNAL_FILE",
            "LEGACY_OPTUNA_DB", "LOCK_FILE", "META_FILE", "OPTUNA_JOURNAL", "REPORT_DIR",
            "SUMMARY_MD", "TRAIN_CONFIG_FILE", "TRIALS_CSV", "TRIALS_DIR", "TRIALS_PARQUET",
-           "TRIAL_ID", "TRIAL_ID_PATTERN", "WORK_PREFIX", "ExperimentLayout", "UnsafePathError",
-           "check_trial_id", "trial_dirname", "trial_id_for"]
+           "TRIAL_ID", "TRIAL_ID_PATTERN", "WORK_PREFIX", "ExperimentLayout", "StorageFull",
+           "UnsafePathError", "check_checkpoint_name", "check_dirname", "check_trial_id",
+           "is_storage_full", "trial_dirname", "trial_id_for"]

@@ -75,6 +75,9 @@ FIT_ENDS_KEY = "fit_ends"
 #: Marks a result that only repeats an already journaled epoch (a retry that had nothing
 #: left to train reports it so Ray can close the trial; it is not journaled).
 REPEAT_KEY = "repeat"
+#: A result that says the trial's storage is full (ENOSPC): not an end, not journaled; the
+#: driver stops the search and --resume continues the trial.
+STORAGE_FULL_KEY = "storage_full"
 #: A result that reports a non-finite loss instead of an epoch (and its details).
 DIVERGED_KEY = "diverged"
 DIVERGED_DETAILS = ("diverged_epoch", "diverged_step", "diverged_loss", "diverged_message")
@@ -175,6 +178,6 @@ def optuna_state(status: str, stopped_by: str, value: Any,
 
 
 __all__ = ["CKPT_KEY", "CONTINUE", "DIVERGED_DETAILS", "DIVERGED_KEY", "ENDED", "FIT_ENDS_KEY",
-           "KEPT_METRICS", "METRIC_MODES", "REPEAT_KEY", "STOP", "UNFINISHED", "Status",
-           "StopReason", "best_value", "classify_end", "end_decided", "metric_mode",
-           "optuna_state", "select_best"]
+           "KEPT_METRICS", "METRIC_MODES", "REPEAT_KEY", "STOP", "STORAGE_FULL_KEY",
+           "UNFINISHED", "Status", "StopReason", "best_value", "classify_end", "end_decided",
+           "metric_mode", "optuna_state", "select_best"]

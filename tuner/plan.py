@@ -35,7 +35,9 @@ from timesclip.errors import UserError
 from timesclip.feature_cache import default_cache_dir
 from timesclip.model import check_backbone
 from tuner.cluster import check_address
+from tuner.journal import load_state
 from tuner.layout import ExperimentLayout
+from tuner.lock import DriverLock
 from tuner.spaces import Budget, Resources, SearchSpace, check_budget, check_resources, load_space
 
 #: Retries of an infrastructure failure: one lost node kills every trial on it once, and a
@@ -75,6 +77,9 @@ class SearchPlan:
     max_failures: int
     feature_cache: Path | None  # None: --no-feature-cache
     argv: tuple[str, ...]
+    #: the Optuna study's name: the experiment's name when it was started (a copied and
+    #: renamed experiment folder keeps its study)
+    study_name: str = ""
 
     @property
     def metric(self) -> str:
@@ -167,12 +172,16 @@ def make_plan(args: argparse.Namespace, argv: Sequence[str],
     storage = resolve_storage(args.storage)
     name = check_name(args.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     layout = ExperimentLayout.at(storage / name)
+    if layout.root.exists():  # a driver that runs it now: named, before anything else
+        DriverLock.check_free(layout.lock)
     if args.resume and not layout.meta.exists():
         raise UserError(f"--resume: {layout.root} is not an experiment of this tool; check "
                         "--storage and --name")
     if not args.resume and layout.root.exists() and any(layout.root.iterdir()):
         raise UserError(f"experiment {layout.root} already exists; pass --resume to continue "
                         "it or choose another --name")
+    if args.resume:  # a damaged journal stops the resume here, before anything is written
+        load_state(layout.root)
     data = load_bundle(base, args.data)
     plan = SearchPlan(
         space=space, base=base, budget=budget, resources=resources,
@@ -184,9 +193,10 @@ def make_plan(args: argparse.Namespace, argv: Sequence[str],
         feature_cache=None if args.no_feature_cache else (
             Path(args.feature_cache).expanduser() if args.feature_cache
             else default_cache_dir()),
-        argv=tuple(argv))
+        argv=tuple(argv), study_name=name)
     if plan.resume:
-        check_resume_meta(layout, plan.meta())
+        stored = check_resume_meta(layout, plan.meta())
+        plan = dataclasses.replace(plan, study_name=str(stored.get("name") or name))
     check_backbone(base.backbone)
     check_address(args.address)
     return plan
@@ -285,8 +295,9 @@ def check_name(name: str) -> str:
     return name
 
 
-def check_resume_meta(layout: ExperimentLayout, meta: dict[str, Any]) -> None:
-    """--resume continues the experiment it was started as: same data, space, budget ..."""
+def check_resume_meta(layout: ExperimentLayout, meta: dict[str, Any]) -> dict[str, Any]:
+    """--resume continues the experiment it was started as: same data, space, budget ...
+    Returns the stored search_meta.json."""
     try:
         stored = json.loads(layout.meta.read_text())
     except (OSError, ValueError) as exc:
@@ -306,6 +317,7 @@ def check_resume_meta(layout: ExperimentLayout, meta: dict[str, Any]) -> None:
                 detail = f"{key} ({', '.join(diff[:4])})"
             raise UserError(f"--resume: {detail} differs from the stored experiment; resume "
                             f"with the flags it was started with (see {layout.meta})")
+    return stored
 
 
 def resume_command(argv: Sequence[str], name: str) -> str:

@@ -23,6 +23,7 @@ from tuner.cluster import (
     exit_code,
     private_local_instance_env,
 )
+from tuner.layout import StorageFull
 from tuner.plan import DEFAULT_MAX_FAILURES, make_plan, resume_command
 from tuner.spaces import list_spaces
 
@@ -134,6 +135,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except StorageFull as exc:  # outside the trial loop, e.g. search_meta.json
+        print(f"error: the storage is full ({exc}): free space under --storage "
+              f"{args.storage}, then run the same command again (with --resume if the "
+              "experiment folder exists)", file=sys.stderr)
+        return 1
     except (SearchInterrupted, KeyboardInterrupt) as exc:
         signum = getattr(exc, "signum", signal.SIGINT)
         name = args.name or "<the name printed above>"

@@ -20,6 +20,7 @@ import math
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -38,7 +39,7 @@ from timesclip.errors import NonFiniteLossError
 from timesclip.features import feature_key
 from timesclip.model import Backbone, load_backbone
 from timesclip.train import FitResult, fit
-from tuner.journal import load_state
+from tuner.journal import clip_line, load_state
 from tuner.layout import (
     CHECKPOINT_PREFIX,
     FINAL_FILE,
@@ -46,9 +47,10 @@ from tuner.layout import (
     TRIAL_ID,
     WORK_PREFIX,
     ExperimentLayout,
+    is_storage_full,
     trial_dirname,
 )
-from tuner.outcomes import CKPT_KEY, DIVERGED_KEY, FIT_ENDS_KEY, REPEAT_KEY
+from tuner.outcomes import CKPT_KEY, DIVERGED_KEY, FIT_ENDS_KEY, REPEAT_KEY, STORAGE_FULL_KEY
 from tuner.spaces import SearchSpace
 
 #: Checkpoint folders a trial keeps: its newest ones (always with the journal's among them).
@@ -161,22 +163,23 @@ def _trial_folder(tid: str | None, trial_params: dict[str, Any], setup: TrialSet
 def journal_checkpoint(setup: TrialSetup, tid: str | None, trial_dir: Path) -> str | None:
     """The checkpoint directory of `tid`'s last journaled epoch, or None.
 
-    The journal lives on the experiment storage, which every node mounts. A trial folder
-    without checkpoint folders has nothing to resume, whatever the journal says (the
-    journal only names folders the trial published), so a fresh trial starts without
-    reading the journal. A trial that has checkpoints but cannot see the journal runs on a
-    node that does not share the storage: it fails, naming the fix, rather than silently
-    training again from epoch 0."""
+    The journal lives on the experiment storage, which every node mounts; the driver wrote
+    this trial's `trial` line before Ray started it. A trial that cannot see the journal
+    runs on a node that does not share the storage: it fails at once, naming the fix,
+    rather than training again from epoch 0 in a folder the driver never reads (a retry on
+    such a node finds its folder empty). A trial folder without checkpoint folders has
+    nothing to resume, whatever the journal says (it only names folders the trial
+    published), so a fresh trial does not replay the journal."""
     if tid is None:
         return None
+    layout = setup.layout
+    if not layout.journal.is_file():  # first: a retry's empty folder must not hide this
+        raise RuntimeError(
+            f"trial {tid} cannot see the search journal {layout.journal} on node "
+            f"{socket.gethostname()}: --storage must be a filesystem every node mounts at the "
+            "same path (a retry here would silently train again from epoch 0)")
     if not any(trial_dir.glob(f"{CHECKPOINT_PREFIX}*")):
         return None
-    layout = setup.layout
-    if not layout.journal.is_file():
-        raise RuntimeError(
-            f"trial {tid} has checkpoints in {trial_dir} but the search journal "
-            f"{layout.journal} is not visible on this node: --storage must be a filesystem "
-            "every node mounts at the same path")
     trial = load_state(layout.root).trials.get(tid)
     if trial is None or trial.checkpoint is None:
         return None
@@ -185,8 +188,23 @@ def journal_checkpoint(setup: TrialSetup, tid: str | None, trial_dir: Path) -> s
 
 def train_trial(trial_params: dict[str, Any], *, data: DataBundle, setup: TrialSetup
                 ) -> None:
-    """Ray Tune function trainable (wrapped with tune.with_parameters by tuner.search)."""
+    """Ray Tune function trainable (wrapped with tune.with_parameters by the driver).
+
+    A full disk (ENOSPC, wherever it is raised) is the storage's fault, not the
+    configuration's: the trial reports it instead of failing, so it is neither retried nor
+    recorded as ERROR; the driver stops the search and --resume continues the trial from
+    its last journaled epoch."""
     quiet_sigterm_exit()
+    try:
+        _train_trial(trial_params, data, setup)
+    except Exception as exc:
+        if not is_storage_full(exc):
+            raise
+        tune.report({STORAGE_FULL_KEY: clip_line(f"{exc} (on node {socket.gethostname()})"),
+                     setup.metric: math.nan, "epoch": 0})
+
+
+def _train_trial(trial_params: dict[str, Any], data: DataBundle, setup: TrialSetup) -> None:
     config = resolve_trial_config(trial_params, setup)
     if config.threads == 0:  # the trial's CPUs, recorded so a re-run uses them too
         config = config.replace(threads=max(1, int(setup.cpus_per_trial)))

@@ -24,6 +24,7 @@ import yaml
 from timesclip.errors import UserError
 from tuner.journal import ExperimentState, TrialState, load_state
 from tuner.layout import (
+    BEST_TEST_FILE,
     FINAL_FILE,
     JOURNAL_FILE,
     META_FILE,
@@ -209,7 +210,19 @@ def read_experiment(path: str | Path) -> Experiment:
     state = load_state(layout.root)
     records = load_trials(layout.root, state)
     return Experiment(layout=layout, meta=meta, state=state, records=records,
-                      best_test=read_json(layout.best_test))
+                      best_test=checked_best_test(layout, read_json(layout.best_test)))
+
+
+def checked_best_test(layout: ExperimentLayout, best_test: dict[str, Any] | None
+                      ) -> dict[str, Any] | None:
+    """best_test.json, after checking that every file it names is inside the experiment
+    (UnsafePathError otherwise: the report stops in one line, it never reads elsewhere)."""
+    if best_test is None:
+        return None
+    for key in ("predictions", "attention", "checkpoint"):
+        if best_test.get(key):
+            layout.inside(str(best_test[key]), f"{BEST_TEST_FILE} ({key})")
+    return best_test
 
 
 __all__ = ["Experiment", "Progress", "TrialRecord", "experiment_root", "history_frame",

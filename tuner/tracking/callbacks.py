@@ -5,8 +5,9 @@
 - `TrialProgress`: one short line per trial event instead of Ray's periodic status tables;
   trials are named by their stable id (t0003), which the report, the trial folders and the
   Optuna study also use; times count from this driver run's start.
-- `InterruptStopper`: ends the whole experiment once the driver got SIGINT or SIGTERM (Tune
-  stops every trial; the unfinished ones continue on `--resume`).
+- `InterruptStopper`: ends the whole experiment once the driver got SIGINT or SIGTERM, or a
+  trial found the storage full (Tune stops every trial; the unfinished ones continue on
+  `--resume`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 from ray.tune import Callback, Stopper
 
 from tuner.layout import TRIAL_ID
-from tuner.outcomes import DIVERGED_KEY, REPEAT_KEY, StopReason
+from tuner.outcomes import DIVERGED_KEY, REPEAT_KEY, STORAGE_FULL_KEY, StopReason
 from tuner.tracking.ledger import Ledger
 from tuner.tracking.schedulers import error_text
 
@@ -75,6 +76,10 @@ class TrialProgress(Callback):
                         **info: Any) -> None:
         if result.get(REPEAT_KEY):  # an epoch already shown, sent again to end a retry
             return
+        if result.get(STORAGE_FULL_KEY):
+            print(f"{self._t()} halted   {self._id(trial)}  the storage is full "
+                  f"({result[STORAGE_FULL_KEY]}); stopping the search", flush=True)
+            return
         if result.get(DIVERGED_KEY):
             print(f"{self._t()} diverged {self._id(trial)}  at epoch {result.get('epoch')}, "
                   f"step {result.get('diverged_step')} (not retried)", flush=True)
@@ -111,7 +116,7 @@ class InterruptStopper(Stopper):
         return False
 
     def stop_all(self) -> bool:
-        return self.ledger.interrupt_signal is not None
+        return self.ledger.halted
 
 
 def _fmt(value: Any) -> str:

@@ -26,6 +26,8 @@ class Ledger:
         self.tid_by_ray: dict[str, str] = {}
         self.errors: dict[str, str] = {}  # Ray trial id -> short error of its last failure
         self.interrupt_signal: int | None = None
+        #: Set when a trial found the storage full: the search stops like on a signal.
+        self.storage_full: str | None = None
         #: Called with a trial once its end is journaled (the driver prunes its folder).
         self.on_end: Callable[[TrialState], None] | None = None
 
@@ -33,6 +35,12 @@ class Ledger:
         # Ray pickles its schedulers and callbacks for its own experiment snapshot: a copy
         # keeps no hook into this driver
         return {**self.__dict__, "on_end": None}
+
+    @property
+    def halted(self) -> bool:
+        """Whether the search is being stopped (a signal, or a full disk): trials cut short
+        now are unfinished, not ended."""
+        return self.interrupt_signal is not None or self.storage_full is not None
 
     def record(self, event: str, **fields: Any) -> dict[str, Any]:
         """Append to the journal (durably), then update the live state."""

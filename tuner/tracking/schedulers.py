@@ -32,6 +32,7 @@ from tuner.outcomes import (
     KEPT_METRICS,
     REPEAT_KEY,
     STOP,
+    STORAGE_FULL_KEY,
 )
 from tuner.tracking.ledger import Ledger
 
@@ -93,6 +94,14 @@ class _JournalingScheduler:
     def _record_error(self, trial: Any) -> None:
         self.ledger.errors[trial.trial_id] = error_text(trial)
 
+    def _storage_full(self, result: dict[str, Any]) -> bool:
+        """A trial found the storage full: nothing is journaled (nothing can be), the
+        search stops; the trial stays unfinished and --resume continues it."""
+        if not result.get(STORAGE_FULL_KEY):
+            return False
+        self.ledger.storage_full = str(result[STORAGE_FULL_KEY])
+        return True
+
 
 class JournaledFIFO(_JournalingScheduler, FIFOScheduler):
     """Runs every trial to its end (`--scheduler fifo`); a diverged trial is stopped."""
@@ -104,6 +113,8 @@ class JournaledFIFO(_JournalingScheduler, FIFOScheduler):
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
         if result.get(REPEAT_KEY):  # an epoch already journaled, sent again to end a retry
             return TrialScheduler.CONTINUE
+        if self._storage_full(result):
+            return TrialScheduler.STOP
         stop = bool(result.get(DIVERGED_KEY))
         self._journal_result(trial, result, STOP if stop else CONTINUE, None)
         faults.hit("after_result")
@@ -179,6 +190,8 @@ class JournaledASHA(_JournalingScheduler, AsyncHyperBandScheduler):
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
         if result.get(REPEAT_KEY):  # an epoch already journaled, sent again to end a retry
             return TrialScheduler.CONTINUE
+        if self._storage_full(result):
+            return TrialScheduler.STOP
         tid = self.ledger.tid(trial.trial_id)
         usable = self.time_attr in result and _finite(result.get(self.search_metric))
         if tid is None or result.get(DIVERGED_KEY) or not usable:
@@ -202,7 +215,7 @@ class JournaledASHA(_JournalingScheduler, AsyncHyperBandScheduler):
         tid = self.ledger.tid(trial.trial_id)
         if asha_bracket(self, trial.trial_id) is None:
             return
-        if tid is not None and self.time_attr in result and \
+        if tid is not None and self.time_attr in result and not self.ledger.halted and \
                 _finite(result.get(self.search_metric)) and not result.get(DIVERGED_KEY):
             _, rung = self._bracket_result(trial, tid, result)
             if rung is not None:

@@ -28,7 +28,7 @@ from tuner import faults
 from tuner.internals import optuna_search_completed, optuna_search_study, optuna_search_trials
 from tuner.journal import TrialState
 from tuner.layout import TRIAL_ID, trial_id_for
-from tuner.outcomes import DIVERGED_KEY, STOP
+from tuner.outcomes import DIVERGED_KEY, STOP, STORAGE_FULL_KEY
 from tuner.study import RAY_TRIAL_ID_ATTR, TRIAL_ID_ATTR, name_objective, sampler_state, tell
 from tuner.tracking.ledger import Ledger
 
@@ -46,7 +46,10 @@ def _finite(value: Any) -> bool:
 
 
 def _ended_on_its_own(trial: TrialState, result: dict | None) -> bool:
-    """Whether a completion reached during a graceful stop is a real end."""
+    """Whether a completion reached while the search stops (a signal, a full disk) is a
+    real end."""
+    if (result or {}).get(STORAGE_FULL_KEY):
+        return False
     if trial.diverged or (result or {}).get("done"):
         return True
     return bool(trial.decisions) and trial.decisions[-1][1] == STOP
@@ -86,8 +89,8 @@ class _ResumingMixin:
         it). Returns (trial, end record) or None."""
         trial = self.ledger.trial(ray_id)
         if trial is None or (result is None and not error) or \
-                (self.ledger.interrupt_signal is not None and not error and
-                 not _ended_on_its_own(trial, result)):
+                (result or {}).get(STORAGE_FULL_KEY) or \
+                (self.ledger.halted and not error and not _ended_on_its_own(trial, result)):
             return None
         return trial, self.ledger.record_end(trial, error=error,
                                              error_text=self.ledger.errors.get(ray_id, ""))
