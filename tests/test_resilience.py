@@ -137,24 +137,27 @@ def reference(tmp_path_factory, small_csvs):
     return storage / "reference"
 
 
-@pytest.mark.parametrize("point", ["after_ask:3", "after_end:2"])
-def test_killed_between_a_decision_and_its_record(point, reference, tmp_path, small_csvs):
+def test_killed_between_a_decision_and_its_record(reference, tmp_path, small_csvs):
     """The two windows one random kill rarely hits: after Optuna was asked for a trial but
     before its `trial` line (the study holds a trial the journal does not), and after a
-    trial's `end` line but before Optuna was told. SIGKILLed there, then resumed, the
-    search equals the uninterrupted one."""
+    trial's `end` line but before Optuna was told. SIGKILLed at the first, resumed and
+    SIGKILLed at the second, resumed again: the search equals the uninterrupted one."""
     one = ("--max-concurrent", "1")
-    killed, _ = cli(*_args(tmp_path, "killed", small_csvs, *one), TIMESCLIP_FAULT=point)
-    assert killed.returncode == -signal.SIGKILL, killed.stdout[-3000:] + killed.stderr[-3000:]
     exp = tmp_path / "killed"
-    events = journal_events(exp)
-    if point.startswith("after_ask"):  # two trials journaled, the third asked, not recorded
-        assert [e["ev"] for e in events].count("trial") == 2
-    else:  # the second end journaled, then killed before Optuna heard of it
-        assert events[-1]["ev"] == "end" and [e["ev"] for e in events].count("end") == 2
-    resumed, _ = cli(*_args(tmp_path, "killed", small_csvs, *one, "--resume"))
-    out = ok(resumed)
-    assert "lock: took over the stale lock of pid" in out  # the killed driver's
+    killed, _ = cli(*_args(tmp_path, "killed", small_csvs, *one),
+                    TIMESCLIP_FAULT="after_ask:3")
+    assert killed.returncode == -signal.SIGKILL, killed.stdout[-3000:] + killed.stderr[-3000:]
+    events = journal_events(exp)  # two trials journaled, the third asked but not recorded
+    assert [e["ev"] for e in events].count("trial") == 2
+    ends_before = [e["ev"] for e in events].count("end")
+    killed, _ = cli(*_args(tmp_path, "killed", small_csvs, *one, "--resume"),
+                    TIMESCLIP_FAULT="after_end:2")
+    assert killed.returncode == -signal.SIGKILL, killed.stdout[-3000:] + killed.stderr[-3000:]
+    assert "lock: took over the stale lock of pid" in killed.stdout  # the killed driver's
+    events = journal_events(exp)  # an end journaled, then killed before Optuna heard of it
+    assert events[-1]["ev"] == "end"
+    assert [e["ev"] for e in events].count("end") == ends_before + 2
+    ok(cli(*_args(tmp_path, "killed", small_csvs, *one, "--resume"))[0])
     check_consistent(exp, SAMPLES)
     pd.testing.assert_frame_equal(_outcomes(exp), _outcomes(reference), check_exact=True)
     assert json.loads((exp / "best_test.json").read_text())["test"] == \
