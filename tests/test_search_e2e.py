@@ -24,6 +24,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from search_helpers import journal_events
 
 from tuner.layout import OPTUNA_JOURNAL
 from tuner.report import CONTRACT_COLUMNS
@@ -105,6 +106,9 @@ def test_acceptance_search_completes_with_contract_report(acceptance):
             in stdout
         assert meta["resources"]["gpus_per_trial"] == 0
     assert "ray: private local instance on 127.0.0.1" in stdout
+    # full.yaml asks for 8 at a time; 2 CPUs run 2: only those are proposed at once
+    assert "max_concurrent 8 -> 2: this instance runs 2 trial(s) at a time" in stdout
+    assert meta["max_concurrent_run"] == 2
     assert f"search finished: {NUM_SAMPLES} trials ({NUM_SAMPLES} ended normally, 0 diverged, " \
         "0 failed)" in stdout
     for name in ("trials.csv", "trials.parquet", "summary.md", "best_config.yaml"):
@@ -224,6 +228,25 @@ def test_acceptance_optuna_recorded_every_trial(acceptance):
             assert row["stopped_by"] == "asha"
             assert sorted(trial.intermediate_values) == list(range(1, row["epochs_run"] + 1))
     assert (table["stopped_by"] == "asha").sum() >= 1
+    # who proposed each trial is Optuna's own rule, recomputed from the journal: TPE's
+    # random start-up until startup_trials trials had finished (COMPLETE or PRUNED), its
+    # model after; the model proposed some of the trials (the budget's rule leaves it most)
+    startup = acceptance["meta"]["budget"]["startup_trials"]
+    finished, expected = 0, {}
+    for e in journal_events(exp):
+        if e["ev"] == "trial":
+            expected[e["tid"]] = "startup" if finished < startup else "model"
+        elif e["ev"] == "end" and e["status"] in ("TERMINATED", "DIVERGED"):
+            finished += 1
+    assert dict(zip(table["trial_id"], table["proposed_by"])) == expected
+    assert {t.user_attrs["trial_id"]: t.user_attrs["proposed_by"] for t in trials} == expected
+    model = sum(v == "model" for v in expected.values())
+    assert model >= 1, expected
+    line = (f"TPE proposed {model} of {NUM_SAMPLES} trials from its model; "
+            f"{NUM_SAMPLES - model} were its random start-up (until {startup} trials had "
+            "finished)")
+    assert line in (exp / "report" / "summary.md").read_text()
+    assert line in (exp / "report" / "index.html").read_text()
 
 
 def _tb_scalars(directory: Path, tag: str) -> dict[int, float]:
@@ -335,6 +358,21 @@ def test_make_sampler_follows_searcher():
     assert type(make_sampler("tpe", 3, startup_trials=4)) is optuna.samplers.TPESampler
     with pytest.raises(ValueError):
         make_sampler("grid", 3, startup_trials=4)
+
+
+def test_a_local_instance_proposes_only_the_trials_it_can_run():
+    """Tune's limiter counts proposed trials, not running ones: on 2 CPUs, max_concurrent 8
+    would propose 8 configurations before any trial finished (TPE blind). The driver caps
+    it at what fits."""
+    from tuner.cluster import trials_that_fit
+
+    cpu = {"cpus_per_trial": 1.0, "gpus_per_trial": 0.0}
+    assert trials_that_fit(cpu, {"CPU": 2.0}) == 2
+    assert trials_that_fit({**cpu, "cpus_per_trial": 0.5}, {"CPU": 2.0}) == 4
+    assert trials_that_fit({**cpu, "cpus_per_trial": 3.0}, {"CPU": 2.0}) == 1
+    gpu = {"cpus_per_trial": 1.0, "gpus_per_trial": 0.25}
+    assert trials_that_fit(gpu, {"CPU": 16.0, "GPU": 1.0}) == 4
+    assert trials_that_fit(gpu, {"CPU": 2.0, "GPU": 1.0}) == 2
 
 
 @pytest.mark.e2e

@@ -704,3 +704,33 @@ def test_every_sampled_float_is_finite_and_log_spread() -> None:
     assert weights and all(math.isfinite(w) for w in weights)
     decades = {math.floor(math.log10(w)) for w in weights}
     assert len(decades) >= 2
+
+
+# ------------------------------------------------------------------ TPE's start-up count
+def test_startup_follows_the_budget_and_leaves_most_trials_to_the_model():
+    """A quarter of the trials, at least 2, at most Optuna's 10: every budget we ship
+    (6-8 in the tests and the quick demo, 24 in the benchmark, 64 in full) leaves at least
+    three quarters of its trials to TPE's model."""
+    from tuner.spaces import startup_rule
+
+    assert [startup_rule(n) for n in (1, 4, 6, 8, 9, 24, 40, 64, 500)] == \
+        [2, 2, 2, 2, 3, 6, 10, 10, 10]
+    for n in (6, 8, 12, 24, 64):
+        assert startup_rule(n) <= n / 4 + 1 and (n - startup_rule(n)) / n >= 0.66
+
+
+def test_the_startup_count_is_resolved_after_the_flags(tmp_path):
+    """The space's num_samples is not the search's when --num-samples overrides it: the
+    rule is applied to the merged budget; a count the space file names is kept."""
+    import dataclasses
+
+    from tuner.spaces import check_budget
+
+    space = load_space("quick")
+    assert space.budget.startup_trials is None  # the file names none
+    raw = {**dataclasses.asdict(space.budget), "num_samples": 64}
+    merged = check_budget(raw, kind="search", grid_size=0, where=str).resolved()
+    assert merged.startup_trials == 10
+    explicit = check_budget({**raw, "startup_trials": 3}, kind="search", grid_size=0,
+                            where=str).resolved()
+    assert explicit.startup_trials == 3

@@ -205,6 +205,14 @@ def fit_local_resources(resources: dict[str, float], available: dict[str, float]
     return out
 
 
+def trials_that_fit(resources: dict[str, float], available: dict[str, float]) -> int:
+    """How many trials of `resources` the instance can run at once (at least 1)."""
+    fits = [available.get("CPU", 1.0) / max(resources["cpus_per_trial"], 1e-9)]
+    if resources["gpus_per_trial"] > 0:
+        fits.append(available.get("GPU", 0.0) / resources["gpus_per_trial"])
+    return max(1, int(min(fits) + 1e-9))
+
+
 def end_own_processes(timeout: float = 5.0) -> int:
     """SIGKILL every process this driver started, and theirs: the private Ray instance (GCS,
     raylet, dashboard, its agents, the workers). ray.shutdown() stops them when it gets to
@@ -280,6 +288,5 @@ class GracefulStop:
 
 __all__ = ["EXIT_SIGINT", "EXIT_SIGTERM", "GracefulStop", "SearchInterrupted",
            "check_address", "check_cluster_token", "cluster_client_env", "end_own_processes",
-           "exit_code",
-           "fit_local_resources",
-           "init_ray", "private_local_instance_env", "quiet_stderr", "token_available"]
+           "exit_code", "fit_local_resources", "init_ray", "private_local_instance_env",
+           "quiet_stderr", "token_available", "trials_that_fit"]

@@ -41,6 +41,7 @@ from tuner.cluster import (
     exit_code,
     fit_local_resources,
     init_ray,
+    trials_that_fit,
 )
 from tuner.evaluation import score_best_once
 from tuner.features import FeatureTaskFailed, SharedFeatures
@@ -58,7 +59,6 @@ from tuner.layout import (
     OPTUNA_JOURNAL,
     TRIAL_ID,
     TRIALS_DIR,
-    ExperimentLayout,
     StorageFull,
     is_storage_full,
     trial_dirname,
@@ -92,6 +92,7 @@ class Driver:
         self.layout = plan.layout
         self.features = SharedFeatures(plan.base, plan.data, plan.feature_cache, echo)
         self.started = time.perf_counter()
+        self.concurrency = plan.budget.max_concurrent  # trials at once (see _concurrency)
 
     # ------------------------------------------------------------------------- driver
     def run(self) -> int:
@@ -203,9 +204,11 @@ class Driver:
             self.echo(f"ray: ready in {time.perf_counter() - ray_start:.1f}s")
             resources = {"cpus_per_trial": plan.resources.cpus_per_trial,
                          "gpus_per_trial": plan.resources.gpus_per_trial}
+            available = ray.cluster_resources()
             if not plan.address:
-                resources = fit_local_resources(resources, ray.cluster_resources(), self.echo)
-                self._record_resources(resources)
+                resources = fit_local_resources(resources, available, self.echo)
+            self.concurrency = self._concurrency(resources, available)
+            self._record_resources(resources)
             features_ref = self.features.start(resources["cpus_per_trial"],
                                                resources["gpus_per_trial"])
             tuner = self._tuner(ledger, replays, to_create, features_ref, resources)
@@ -232,14 +235,39 @@ class Driver:
                 self.stop.on_exit = None
         return ledger.interrupt_signal
 
+    def _concurrency(self, resources: dict[str, float], available: dict[str, float]) -> int:
+        """Trials proposed and run at once. Tune's ConcurrencyLimiter counts trials that are
+        proposed, not running: with room for fewer, the rest wait as PENDING, and every one
+        of them was proposed before any trial finished, so TPE learns from none (8 trials on
+        2 CPUs: all 8 at once). A local instance proposes only what it can run; a cluster
+        (which may grow) keeps its number, with a note."""
+        wanted = self.plan.budget.max_concurrent
+        fits = trials_that_fit(resources, available)
+        if wanted <= fits:
+            return wanted
+        why = (f"this instance runs {fits} trial(s) at a time "
+               f"({available.get('CPU', 0):g} CPUs, {resources['cpus_per_trial']:g} per trial"
+               + (f"; {available.get('GPU', 0):g} GPUs, {resources['gpus_per_trial']:g} per "
+                  "trial" if resources["gpus_per_trial"] > 0 else "") + ")")
+        if self.plan.address:
+            self.echo(f"note: max_concurrent {wanted} > what the cluster runs now: {why}; "
+                      "the others wait, proposed before any trial finished")
+            return wanted
+        self.echo(f"max_concurrent {wanted} -> {fits}: {why}; more would be proposed before "
+                  "any trial finished, and TPE would learn from none of them")
+        return fits
+
     def _record_resources(self, resources: dict[str, float]) -> None:
-        """search_meta.json names the resources the trials ran with (the request is kept
-        beside them when the local machine made them smaller)."""
+        """search_meta.json names the resources and the concurrency the trials ran with
+        (the request is kept beside them when the local machine made them smaller)."""
         meta = json.loads(self.layout.meta.read_text())
+        updated = dict(meta)
         if meta.get("resources") != resources:
-            meta.setdefault("resources_requested", meta.get("resources"))
-            meta["resources"] = resources
-            write_json(self.layout.meta, meta)
+            updated.setdefault("resources_requested", meta.get("resources"))
+            updated["resources"] = resources
+        updated["max_concurrent_run"] = self.concurrency
+        if updated != meta:
+            write_json(self.layout.meta, updated)
 
     def _tuner(self, ledger: Ledger, replays: list[TrialState], to_create: int,
                features_ref: Any, resources: dict[str, float]) -> tune.Tuner:
@@ -259,7 +287,8 @@ class Driver:
             scheduler: Any = JournaledFIFO(ledger)
         else:
             sampler = make_sampler(plan.searcher, plan.base.seed,
-                                   startup_trials=budget.startup_trials)
+                                   startup_trials=budget.startup_trials,
+                                   constant_liar=budget.constant_liar)
             ids: dict[str, int] = {}
             if plan.resume:
                 ids = self._rebuild_study(state, replays)
@@ -269,6 +298,7 @@ class Driver:
             searcher = JournaledOptunaSearch(
                 ledger=ledger, replays=[Replay(t, ids.get(t.tid)) for t in replays],
                 to_create=to_create, dirname=trial_dirname, space=plan.space.define_by_run,
+                startup_trials=budget.startup_trials if plan.searcher == "tpe" else None,
                 metric=plan.metric, mode=plan.mode, sampler=sampler, study_name=plan.study_name,
                 storage=study_storage(self.layout.optuna_journal))
             scheduler = self._scheduler(ledger)
@@ -287,7 +317,7 @@ class Driver:
         return tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
-                search_alg=ConcurrencyLimiter(searcher, max_concurrent=budget.max_concurrent),
+                search_alg=ConcurrencyLimiter(searcher, max_concurrent=self.concurrency),
                 scheduler=scheduler, num_samples=len(replays) + to_create,
                 reuse_actors=True, trial_dirname_creator=_dirname_of),
             run_config=run_config)
@@ -327,7 +357,7 @@ class Driver:
         once there is space. No report is written (there is no room for one)."""
         with contextlib.suppress(OSError):
             ledger.record("driver_end", how="failed", error="storage full")
-        print(f"error: {storage_advice(self.layout, self.plan, ledger.storage_full)}; then "
+        print(f"error: {storage_advice(self, ledger.storage_full)}; then "
               f"continue with: {self.plan.resume_command()}", file=sys.stderr, flush=True)
         return 1
 
@@ -367,16 +397,18 @@ class Driver:
         build_report(self.layout.root, data_bundle=self.plan.data, echo=self.echo)
 
 
-def storage_advice(layout: ExperimentLayout, plan: SearchPlan, what: str | None) -> str:
+def storage_advice(driver: Driver, what: str | None) -> str:
     """`--storage DIR is full (...): free about N MB there (...)`: how much a search needs
     to go on, from what its trials keep (up to KEEP_CHECKPOINTS + 1 checkpoint folders per
     running trial while it publishes a new one) plus room for the journal and the report."""
+    layout = driver.layout
     largest = max((_size(p) for p in layout.trials.glob(f"*/{CHECKPOINT_PREFIX}*")),
                   default=0)
-    need = (KEEP_CHECKPOINTS + 1) * largest * plan.budget.max_concurrent + 20 * 2**20
+    running = driver.concurrency
+    need = (KEEP_CHECKPOINTS + 1) * largest * running + 20 * 2**20
     cause = clip_line(what or "no space left on device", 160)
     return (f"--storage {layout.root.parent} is full ({cause}): free at least "
-            f"{need / 2**20:.0f} MB there (each of the {plan.budget.max_concurrent} running "
+            f"{need / 2**20:.0f} MB there (each of the {running} running "
             f"trial(s) keeps up to {KEEP_CHECKPOINTS} checkpoints of {largest / 2**20:.1f} "
             "MB, plus room for the journal and the report)")
 

@@ -210,6 +210,7 @@ class TrialState:
     spans: dict[int, list[float]] = field(default_factory=dict)
     decisions: list[tuple[int, str]] = field(default_factory=list)  # (epoch, decision)
     fit_ends: bool = False  # its last journaled epoch was the last its fit() trains
+    proposed_by: str | None = None  # tuner.outcomes.Proposer (None: an earlier version)
 
     @property
     def ended(self) -> bool:
@@ -307,7 +308,7 @@ class ExperimentState:
             self.trials[tid] = TrialState(
                 tid=tid, index=int(ev["index"]), params=dict(ev["params"]),
                 dirname=check_dirname(ev.get("dir") or tid, f"trial {tid}"),
-                optuna=ev.get("optuna"),
+                optuna=ev.get("optuna"), proposed_by=ev.get("proposed_by"),
                 ray_ids=[ev["ray_id"]] if ev.get("ray_id") else [])
             if ev.get("sampler") is not None:
                 self.sampler_state = ev["sampler"]

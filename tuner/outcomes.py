@@ -60,6 +60,18 @@ class StopReason(str, Enum):
         return self.value
 
 
+class Proposer(str, Enum):
+    """Who proposed a trial's configuration (column `proposed_by`)."""
+
+    MODEL = "model"  # TPE's density model
+    STARTUP = "startup"  # TPE's random start-up (fewer finished trials than startup_trials)
+    RANDOM = "random"  # --searcher random
+    GRID = "grid"  # the ablation grid
+
+    def __str__(self) -> str:
+        return self.value
+
+
 #: The scheduler's decision on a reported epoch, as journaled.
 CONTINUE, STOP = "continue", "stop"
 
@@ -179,5 +191,5 @@ def optuna_state(status: str, stopped_by: str, value: Any,
 
 __all__ = ["CKPT_KEY", "CONTINUE", "DIVERGED_DETAILS", "DIVERGED_KEY", "ENDED", "FIT_ENDS_KEY",
            "KEPT_METRICS", "METRIC_MODES", "REPEAT_KEY", "STOP", "STORAGE_FULL_KEY",
-           "UNFINISHED", "Status", "StopReason", "best_value", "classify_end", "end_decided",
-           "metric_mode", "optuna_state", "select_best"]
+           "UNFINISHED", "Proposer", "Status", "StopReason", "best_value", "classify_end",
+           "end_decided", "metric_mode", "optuna_state", "select_best"]

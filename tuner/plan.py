@@ -104,8 +104,9 @@ class SearchPlan:
             what = (f"{len(self.space.arms)} arms x {len(self.space.seeds)} seeds, "
                     f"{b.max_epochs} epochs each (no early stopping by ASHA)")
         else:
-            what = (f"{b.num_samples} trials, up to {b.max_epochs} epochs, "
-                    f"{self.searcher.upper()} + " + (
+            sampler = (f"TPE ({b.startup_trials} random start-up trial(s), then its model)"
+                       if self.searcher == "tpe" else self.searcher.upper())
+            what = (f"{b.num_samples} trials, up to {b.max_epochs} epochs, {sampler} + " + (
                         f"ASHA grace {b.grace_period} / factor {b.reduction_factor:g}"
                         if self.scheduler == "asha" else "FIFO"))
         toy = " (random toy towers: numbers say nothing about pretrained CLIP)"
@@ -135,7 +136,7 @@ class SearchPlan:
                               else self.space.sampled_names()),
             "budget": {k: budget[k] for k in ("num_samples", "max_epochs", "grace_period",
                                               "reduction_factor", "max_concurrent",
-                                              "startup_trials")},
+                                              "startup_trials", "constant_liar")},
             "searcher": self.searcher, "scheduler": self.scheduler,
             "seed": self.base.seed, "resources": dataclasses.asdict(self.resources),
             "versions": versions(),
@@ -162,6 +163,11 @@ def make_plan(args: argparse.Namespace, argv: Sequence[str],
                 raise UserError(f"{_flag(key)} does not apply to an ablation space (every "
                                 "arm x seed runs to --max-epochs); drop it or use --seeds")
     budget = _budget(space, args)
+    if space.kind == "search" and args.searcher == "tpe" and \
+            budget.startup_trials >= budget.num_samples:
+        echo(f"note: startup_trials {budget.startup_trials} >= --num-samples "
+             f"{budget.num_samples}: every trial is random start-up, TPE never models the "
+             "results (lower startup_trials in the space, or raise --num-samples)")
     resources = _resources(space, args)
     base = _base_config(space, args, budget, echo)
     if args.address and args.num_cpus is not None:
@@ -220,8 +226,9 @@ def _budget(space: SearchSpace, args: argparse.Namespace) -> Budget:
     if space.kind == "ablation":  # every arm to the end: the grace period follows
         raw.pop("grace_period", None)
         raw["num_samples"] = grid
-    return check_budget(raw, kind=space.kind, grid_size=grid,
-                        where=_namer(flags, space.path, "budget"))
+    budget = check_budget(raw, kind=space.kind, grid_size=grid,
+                          where=_namer(flags, space.path, "budget")).resolved()
+    return budget
 
 
 def _resources(space: SearchSpace, args: argparse.Namespace) -> Resources:

@@ -44,8 +44,9 @@ from tuner.journal import ExperimentState, TrialState
 from tuner.layout import LEGACY_OPTUNA_DB, OPTUNA_JOURNAL, TRIAL_ID
 from tuner.outcomes import optuna_state
 
-#: The study's user attributes naming our stable trial id and Ray's trial id.
-TRIAL_ID_ATTR, RAY_TRIAL_ID_ATTR = TRIAL_ID, "ray_trial_id"
+#: The study's user attributes naming our stable trial id and Ray's trial id, and who
+#: proposed the trial (tuner.outcomes.Proposer).
+TRIAL_ID_ATTR, RAY_TRIAL_ID_ATTR, PROPOSED_BY_ATTR = TRIAL_ID, "ray_trial_id", "proposed_by"
 
 
 class _NoWrites(JournalFileOpenLock):
@@ -108,13 +109,20 @@ def name_objective(study: optuna.Study, metric: str) -> None:
 
 
 # ----------------------------------------------------------------------------- samplers
-def make_sampler(searcher: str, seed: int, *, startup_trials: int) -> Any:
-    """`--searcher`: Optuna's TPESampler (`startup_trials` random trials first; constant
-    liar for the trials still running) or RandomSampler, seeded alike."""
+def make_sampler(searcher: str, seed: int, *, startup_trials: int,
+                 constant_liar: bool = True) -> Any:
+    """`--searcher`: Optuna's TPESampler (`startup_trials` random trials first) or
+    RandomSampler, seeded alike.
+
+    constant_liar: TPE counts the trials still running as if they had the worst value seen,
+    so with several trials at a time it does not propose the same region again while those
+    run (Optuna 5's default, said here; a space's `budget.constant_liar: false` turns it
+    off, for benchmarks/search_efficiency.py to measure)."""
     if searcher == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if searcher == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials)
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials,
+                                          constant_liar=constant_liar)
     raise ValueError(f"unknown searcher {searcher!r}")
 
 
@@ -193,6 +201,8 @@ def rebuild_study(path: Path, *, study_name: str, mode: str, metric: str,
         intermediate = _intermediate(trial, metric)
         attrs = {TRIAL_ID_ATTR: trial.tid,
                  RAY_TRIAL_ID_ATTR: trial.ray_ids[-1] if trial.ray_ids else None}
+        if trial.proposed_by is not None:
+            attrs[PROPOSED_BY_ATTR] = trial.proposed_by
         if not trial.ended:
             kind, value = "RUNNING", None
         else:
@@ -212,6 +222,6 @@ def rebuild_study(path: Path, *, study_name: str, mode: str, metric: str,
     return ids
 
 
-__all__ = ["RAY_TRIAL_ID_ATTR", "TRIAL_ID_ATTR", "direction", "find_study", "make_sampler",
-           "name_objective", "open_stored_study", "rebuild_study", "restore_sampler_state",
-           "sampler_state", "study_storage", "tell"]
+__all__ = ["PROPOSED_BY_ATTR", "RAY_TRIAL_ID_ATTR", "TRIAL_ID_ATTR", "direction", "find_study",
+           "make_sampler", "name_objective", "open_stored_study", "rebuild_study",
+           "restore_sampler_state", "sampler_state", "study_storage", "tell"]

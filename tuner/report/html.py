@@ -44,12 +44,12 @@ from tuner.report.export import BestTrial
 from tuner.report.figures import Drawer, FigureContext, figure_sections
 from tuner.report.read import Experiment
 from tuner.report.tables import METRICS
-from tuner.report.text import fmt, pm, provenance
+from tuner.report.text import fmt, pm, proposers_line, provenance
 
 TEMPLATE = "index.html.j2"
 #: Columns of the page's trials table (those present; test_* only once a trial has them).
-TRIAL_COLUMNS = (TRIAL_ID, "status", "stopped_by", "epochs_run", "best_epoch", "best_val_rmse",
-                 "best_val_r2", "test_rmse", "test_r2", "wall_seconds")
+TRIAL_COLUMNS = (TRIAL_ID, "status", "stopped_by", "proposed_by", "epochs_run", "best_epoch",
+                 "best_val_rmse", "best_val_r2", "test_rmse", "test_r2", "wall_seconds")
 
 _ENV = jinja2.Environment(
     loader=jinja2.PackageLoader("tuner.report", "templates"),
@@ -171,6 +171,7 @@ def write_html_report(directory: Path, experiment: Experiment, *, trials: pd.Dat
         heading="Ablation" if kind == "ablation" else "Search",
         name=str(meta.get("name", "?")), kind=kind, space=meta.get("space", "?"),
         searcher=meta.get("searcher", "?"), scheduler=meta.get("scheduler", "?"),
+        proposers=proposers_line(meta, trials),
         seed=meta.get("seed", "?"), started=meta.get("started", "?"),
         synthetic=bool(data.get("synthetic")), description=data.get("description", "?"),
         fingerprint=data.get("fingerprint", "?"), backbone=str(meta.get("backbone", "?")),

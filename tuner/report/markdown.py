@@ -30,7 +30,7 @@ from tuner.report.baselines import REFERENCE_MEANINGS, BaselineResult
 from tuner.report.export import BestTrial
 from tuner.report.read import Progress
 from tuner.report.tables import METRICS, config_columns
-from tuner.report.text import backbone_line, data_line, fmt, pm
+from tuner.report.text import backbone_line, data_line, fmt, pm, proposers_line
 
 #: The rung table's count columns: every way a trial can end, and nothing else.
 RUNG_COLUMNS = {StopReason.ASHA: "stopped by ASHA", StopReason.EARLY_STOPPING: "early stopping",
@@ -119,6 +119,7 @@ def write_summary(path: Path, meta: dict[str, Any], trials: pd.DataFrame,
             "- budget: " + ", ".join(f"{k}={v}" for k, v in budget.items()),
             f"- search: {meta.get('searcher', 'tpe')} sampler, "
             f"{meta.get('scheduler', 'asha')} scheduler, seed {meta.get('seed', '?')}",
+            *([f"- {line}"] if (line := proposers_line(meta, trials)) else []),
             _wall_line(progress),
             "- resources per trial: " + ", ".join(
                 f"{k}={v}" for k, v in (meta.get("resources") or {}).items()),

@@ -52,6 +52,7 @@ class TrialRecord:
     node: str = ""
     retries: list[str] = field(default_factory=list)
     state: TrialState | None = None
+    proposed_by: str = ""  # a tuner.outcomes.Proposer value ("" in an earlier version's)
 
     @property
     def epochs(self) -> dict[int, dict[str, Any]]:
@@ -198,7 +199,8 @@ def load_trials(experiment_dir: str | Path, state: ExperimentState | None = None
             error=str(end.get("error") or "") if failed else "",
             num_failures=len(trial.retries), wall_seconds=trial.wall_seconds,
             stopped_by=str(trial.stopped_by), node=trial.node or "",
-            retries=[r.get("error", "") for r in trial.retries], state=trial))
+            retries=[r.get("error", "") for r in trial.retries], state=trial,
+            proposed_by=str(trial.proposed_by or "")))
     return records
 
 

@@ -33,7 +33,7 @@ from tuner.report.read import TrialRecord
 CONTRACT_COLUMNS = [TRIAL_ID, "status", "epochs_run", "best_val_rmse", "last_val_rmse",
                     "wall_seconds", "error"]
 #: Further columns, after the CONTRACT ones and before config.<field>.
-EXTRA_COLUMNS = ["stopped_by", "node", "best_epoch", "best_val_mae", "best_val_r2",
+EXTRA_COLUMNS = ["stopped_by", "proposed_by", "node", "best_epoch", "best_val_mae", "best_val_r2",
                  "best_val_mape", "best_val_loss", "test_rmse", "test_mae", "test_r2",
                  "test_mape", "params_total", "params_trainable", "params_frozen",
                  "train_seconds", "backbone", "num_failures", "retry_errors", "trial_dir"]
@@ -98,7 +98,8 @@ def _row(rec: TrialRecord, meta: dict[str, Any], metric: str, mode: str,
         TRIAL_ID: rec.trial_id, "status": rec.status, "epochs_run": rec.epochs_run,
         "best_val_rmse": float("nan"), "last_val_rmse": float("nan"),
         "wall_seconds": rec.wall_seconds, "error": rec.error,
-        "stopped_by": rec.stopped_by, "node": rec.node, "best_epoch": pd.NA,
+        "stopped_by": rec.stopped_by, "proposed_by": rec.proposed_by, "node": rec.node,
+        "best_epoch": pd.NA,
     }
     epochs = rec.epochs
     _, best_epoch = best_value(epochs, metric, mode)
@@ -171,7 +172,7 @@ def _tidy_types(frame: pd.DataFrame) -> pd.DataFrame:
     for col in ("epochs_run", "num_failures"):
         if col in frame:
             frame[col] = frame[col].astype("int64")
-    for col in (TRIAL_ID, "status", "error", "stopped_by", "node", "backbone",
+    for col in (TRIAL_ID, "status", "error", "stopped_by", "proposed_by", "node", "backbone",
                 "retry_errors", "trial_dir"):
         if col in frame:
             frame[col] = frame[col].fillna("").astype(str)

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from tuner.journal import as_float, clip_line
+from tuner.outcomes import Proposer
 
 #: Axis and table labels of the metrics a search can optimise.
 METRIC_LABELS = {"val_rmse": "validation RMSE", "val_mae": "validation MAE",
@@ -71,10 +72,25 @@ def provenance(meta: dict[str, Any]) -> str:
     return f"{kind}: {data.get('description', '?')} · {bb}"
 
 
+def proposers_line(meta: dict[str, Any], trials: pd.DataFrame) -> str | None:
+    """Who proposed the trials: how many came from TPE's model and how many were its random
+    start-up (None for a search without TPE, or an earlier version's experiment)."""
+    if meta.get("searcher") != "tpe" or "proposed_by" not in trials:
+        return None
+    counts = trials["proposed_by"].astype(str).value_counts()
+    model, startup = int(counts.get(Proposer.MODEL.value, 0)), \
+        int(counts.get(Proposer.STARTUP.value, 0))
+    if model + startup == 0:
+        return None
+    startup_trials = (meta.get("budget") or {}).get("startup_trials", "?")
+    return (f"TPE proposed {model} of {len(trials)} trials from its model; {startup} were its "
+            f"random start-up (until {startup_trials} trials had finished)")
+
+
 def short(exc: BaseException, limit: int = 160) -> str:
     """An exception as one short line (for a note in place of a figure)."""
     return clip_line(str(exc), limit) or type(exc).__name__
 
 
 __all__ = ["METRIC_LABELS", "backbone_line", "data_line", "fmt", "metric_label", "pm",
-           "provenance", "short"]
+           "proposers_line", "provenance", "short"]

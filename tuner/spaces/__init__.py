@@ -15,16 +15,17 @@ calls per trial.
 """
 
 from tuner.spaces.budget import (
-    DEFAULT_STARTUP_TRIALS,
+    MAX_STARTUP_TRIALS,
     Budget,
     Resources,
     check_budget,
     check_resources,
+    startup_rule,
 )
 from tuner.spaces.load import list_spaces, load_space, parse_space
 from tuner.spaces.model import ParamSpec, SearchSpace
 from tuner.spaces.schema import PARAMETER_TYPES
 
-__all__ = ["DEFAULT_STARTUP_TRIALS", "PARAMETER_TYPES", "Budget", "ParamSpec", "Resources",
+__all__ = ["MAX_STARTUP_TRIALS", "PARAMETER_TYPES", "Budget", "ParamSpec", "Resources",
            "SearchSpace", "check_budget", "check_resources", "list_spaces", "load_space",
-           "parse_space"]
+           "parse_space", "startup_rule"]

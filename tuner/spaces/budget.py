@@ -15,6 +15,7 @@ max_epochs, the metric's direction, an ablation's fixed grid) are explicit below
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable, Mapping
 from dataclasses import fields
@@ -27,8 +28,22 @@ from timesclip.errors import ConfigError
 from tuner.outcomes import metric_mode
 from tuner.spaces.messages import one_line
 
-#: Optuna's TPESampler default number of random start-up trials.
-DEFAULT_STARTUP_TRIALS = 10
+#: At most this many random start-up trials (Optuna's own default for n_startup_trials).
+MAX_STARTUP_TRIALS = 10
+
+
+def startup_rule(num_samples: int) -> int:
+    """Random start-up trials before TPE models the results, when the space names none:
+    a quarter of the budget, at least 2 and at most 10.
+
+    Why: until this many trials have finished, TPE draws exactly what RandomSampler would,
+    so Optuna's fixed default of 10 left the budgets we ship (8 trials in the quick demo,
+    6-8 in the end-to-end tests, 24 in the efficiency benchmark) all or mostly random. A
+    quarter keeps three quarters of any budget for the model; two observations are the
+    least its two densities (good / bad) can be built from; beyond 40 trials Optuna's 10
+    is plenty (search_spaces/README.md)."""
+    return min(MAX_STARTUP_TRIALS, max(2, -(-int(num_samples) // 4)))
+
 #: The metric a search optimises when its space names none.
 DEFAULT_METRIC = "val_rmse"
 #: ASHA's reduction factor of an ablation space, which never prunes (kept for the record).
@@ -70,8 +85,18 @@ class Budget:
     metric: str = DEFAULT_METRIC  # reported metric to optimise (timesclip.metrics names)
     mode: Literal["min", "max"]  # the metric's direction; check_budget derives it
     max_concurrent: Count = 1  # trials running at once (ConcurrencyLimiter)
-    # random trials before TPE models the results (Optuna's n_startup_trials)
-    startup_trials: Count = DEFAULT_STARTUP_TRIALS
+    # random trials before TPE models the results (Optuna's n_startup_trials); None: by
+    # `startup_rule` from num_samples once every flag is merged (see `resolved`)
+    startup_trials: Count | None = None
+    # TPE counts the trials still running as if they had the worst value seen, so it does
+    # not propose their region again while they run (Optuna's constant_liar)
+    constant_liar: bool = True
+
+    def resolved(self) -> Budget:
+        """This budget with the start-up count the rule gives, when none was set."""
+        if self.startup_trials is not None:
+            return self
+        return dataclasses.replace(self, startup_trials=startup_rule(self.num_samples))
 
 
 @dataclass(frozen=True, kw_only=True, config=_STRICT)
@@ -161,6 +186,6 @@ def _validated(cls: type, values: dict[str, Any], where: Callable[[str], str], w
                                    allowed=allowed, required=required, why=_WHY)) from None
 
 
-__all__ = ["ABLATION_REQUIRED", "BUDGET_KEYS", "DEFAULT_METRIC", "DEFAULT_STARTUP_TRIALS",
+__all__ = ["ABLATION_REQUIRED", "BUDGET_KEYS", "DEFAULT_METRIC", "MAX_STARTUP_TRIALS",
            "RESOURCE_KEYS", "SEARCH_REQUIRED", "Budget", "Resources", "check_budget",
            "check_resources"]

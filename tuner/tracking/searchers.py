@@ -28,8 +28,15 @@ from tuner import faults
 from tuner.internals import optuna_search_completed, optuna_search_study, optuna_search_trials
 from tuner.journal import TrialState
 from tuner.layout import TRIAL_ID, trial_id_for
-from tuner.outcomes import DIVERGED_KEY, STOP, STORAGE_FULL_KEY
-from tuner.study import RAY_TRIAL_ID_ATTR, TRIAL_ID_ATTR, name_objective, sampler_state, tell
+from tuner.outcomes import DIVERGED_KEY, STOP, STORAGE_FULL_KEY, Proposer
+from tuner.study import (
+    PROPOSED_BY_ATTR,
+    RAY_TRIAL_ID_ATTR,
+    TRIAL_ID_ATTR,
+    name_objective,
+    sampler_state,
+    tell,
+)
 from tuner.tracking.ledger import Ledger
 
 
@@ -109,9 +116,12 @@ class JournaledOptunaSearch(_ResumingMixin, OptunaSearch):
     """OptunaSearch whose trials are journaled, resumable and told the right state."""
 
     def __init__(self, *, ledger: Ledger, replays: Sequence[Replay], to_create: int,
-                 dirname: Callable[[str, dict[str, Any]], str], **kwargs: Any) -> None:
+                 dirname: Callable[[str, dict[str, Any]], str],
+                 startup_trials: int | None, **kwargs: Any) -> None:
+        """startup_trials: TPE's random start-up count (None: a RandomSampler)."""
         super().__init__(**kwargs)
         self.ledger = ledger
+        self.startup_trials = startup_trials
         self._replays = deque(replays)
         self._to_create = to_create
         self._dirname = dirname
@@ -134,6 +144,7 @@ class JournaledOptunaSearch(_ResumingMixin, OptunaSearch):
             return replay
         if self._to_create <= 0:
             return Searcher.FINISHED
+        proposed_by = self._proposer()
         params = super().suggest(trial_id)
         if not isinstance(params, dict):
             return params
@@ -143,11 +154,21 @@ class JournaledOptunaSearch(_ResumingMixin, OptunaSearch):
         config = self._create(
             trial_id, params,
             optuna={"number": ot_trial.number, "distributions": distributions},
-            sampler=sampler_state(self.study.sampler))
+            sampler=sampler_state(self.study.sampler), proposed_by=proposed_by)
         ot_trial.set_user_attr(TRIAL_ID_ATTR, config[TRIAL_ID])
+        ot_trial.set_user_attr(PROPOSED_BY_ATTR, proposed_by)
         ot_trial.set_user_attr(RAY_TRIAL_ID_ATTR, trial_id)
         self._reported[trial_id] = set()
         return config
+
+    def _proposer(self) -> str:
+        """Who proposes the next trial: TPE's model, or its random start-up (Optuna's
+        own rule: fewer finished trials than n_startup_trials), or a RandomSampler."""
+        if self.startup_trials is None:
+            return Proposer.RANDOM
+        finished = self.study.get_trials(deepcopy=False, states=(
+            optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))
+        return Proposer.STARTUP if len(finished) < self.startup_trials else Proposer.MODEL
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if result.get(DIVERGED_KEY) or trial_id in optuna_search_completed(self):
@@ -206,7 +227,8 @@ class FixedTrialsSearcher(_ResumingMixin, Searcher):
             return replay
         if not self._pending:
             return Searcher.FINISHED
-        return self._create(trial_id, dict(self._pending.popleft()), optuna=None)
+        return self._create(trial_id, dict(self._pending.popleft()), optuna=None,
+                            proposed_by=Proposer.GRID)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
                           error: bool = False) -> None:
