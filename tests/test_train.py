@@ -61,16 +61,8 @@ def test_tensorboard_tags(small_bundle, tiny_config, tmp_path):
 def test_resume_continues_as_if_never_stopped(small_bundle, tiny_config, tmp_path):
     config = tiny_config.replace(epochs=4, dropout=0.2)
     full = fit(config, small_bundle, checkpoint_dir=tmp_path / "full")
-
-    class Crash(Exception):
-        pass
-
-    def crash_after_two(epoch, metrics, checkpoint):
-        if epoch == 2:
-            raise Crash
-
     with pytest.raises(Crash):
-        fit(config, small_bundle, checkpoint_dir=tmp_path / "part", report=crash_after_two)
+        fit(config, small_bundle, checkpoint_dir=tmp_path / "part", report=crash_after(2))
     resumed = fit(config, small_bundle, checkpoint_dir=tmp_path / "part",
                   resume_from=tmp_path / "part")
     assert resumed.epochs_run == full.epochs_run == 4

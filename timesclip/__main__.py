@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_ablation_flags(train)
     add_config_flags(train)
     _add_vision_pass_flags(train, cache=True)
+    train.add_argument("--no-baselines", action="store_true",
+                       help="--task forecast: do not train DLinear after the run (the naive "
+                            "baseline is still scored; metrics.json then has no 'dlinear')")
 
     ev = sub.add_parser(
         "evaluate", help="score a saved model",
@@ -59,10 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--checkpoint", required=True, metavar="PATH",
                     help="a training --out directory or its best.pt")
     ev.add_argument("--data", nargs="+", metavar="CSV",
-                    help="CSV file(s); omitted: the synthetic data set")
+                    help="CSV file(s); omitted: the synthetic data set (a forecasting model: "
+                         "its one Time-Series-Library file, required)")
     ev.add_argument("--subset", choices=("all", "train", "val", "test"),
                     help="rows to score: 'all' rows of the files (default with --data), or one "
-                         "part of the checkpoint's own split (default without --data: test)")
+                         "part of the checkpoint's own split (default without --data: test); "
+                         "a forecasting model: every window of one TSLib split (default test)")
     ev.add_argument("--device", default="auto",
                     help="auto (CUDA if present), cpu, cuda or cuda:N (default: auto)")
     ev.add_argument("--json", metavar="FILE", help="also write the metrics to FILE")
@@ -70,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--plots", metavar="DIR",
                     help="also write predictions.csv, predicted_vs_actual.png and, for a "
                          "model with variate selection, attention.csv (band x band, mean "
-                         "over the scored rows) and attention.png into DIR")
+                         "over the scored rows) and attention.png into DIR (a forecasting "
+                         "model: forecast_examples.csv/png, horizon_mse.csv/png, attention)")
     return parser
 
 
@@ -105,6 +111,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from timesclip.data import load_bundle  # pandas only: bad input fails before torch loads
 
     config = config_from_args(args)
+    forecast = config.task == "forecast"
+    if args.no_baselines and not forecast:
+        raise UserError("--no-baselines applies to --task forecast (a yield run trains no "
+                        "baselines); drop it")
     out = Path(args.out or f"runs/train-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"output directory {out} already exists and is not empty; "
@@ -117,9 +127,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     check_backbone(config.backbone)
     ablation = config.ablation_id or "custom"
-    _print(f"data: {data.description}; split {data.split}: train {len(data.train)}, "
-           f"val {len(data.val)}, test {len(data.test)}; bands {','.join(data.bands)}; "
-           f"first {config.input_steps} steps")
+    if forecast:
+        _print(f"data: {data.description}; variates {','.join(data.bands)}")
+    else:
+        _print(f"data: {data.description}; split {data.split}: train {len(data.train)}, "
+               f"val {len(data.val)}, test {len(data.test)}; bands {','.join(data.bands)}; "
+               f"first {config.input_steps} steps")
     _print(f"model: ablation {ablation}, backbone {config.backbone}"
            f"{' (random toy weights)' if config.backbone == 'tiny' else ''}, "
            f"device {resolve_device(config.device)}, up to {config.epochs} epochs")
@@ -139,8 +152,10 @@ def cmd_train(args: argparse.Namespace) -> int:
                      vision_features=features, backbone=backbone)
         (work / "last.pt").unlink(missing_ok=True)  # resumable state is not needed after success
         metrics = result.metrics_json()
-        metrics.update(ablation=config.ablation_id, data=data.description,
+        metrics.update(task=config.task, ablation=config.ablation_id, data=data.description,
                        data_fingerprint=data.fingerprint, synthetic=data.synthetic)
+        if forecast:
+            metrics["baselines"] = _forecast_baselines(config, data, not args.no_baselines)
         (work / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         if out.exists():
             out.rmdir()
@@ -152,13 +167,32 @@ def cmd_train(args: argparse.Namespace) -> int:
     _print(f"done in {result.train_seconds:.1f}s ({result.epochs_run} epochs, best epoch "
            f"{result.best_epoch}); params total {result.params['total']:,}, trainable "
            f"{result.params['trainable']:,}, frozen {result.params['frozen']:,}")
-    _print(f"val  RMSE {v['rmse']:.3f}  MAE {v['mae']:.3f}  R2 {v['r2']:+.3f}  "
-           f"MAPE {v['mape']:.1f}%")
-    if t:
-        _print(f"test RMSE {t['rmse']:.3f}  MAE {t['mae']:.3f}  R2 {t['r2']:+.3f}  "
-               f"MAPE {t['mape']:.1f}%   [backbone {config.backbone}; {data.description}]")
+    if forecast:
+        for name, scores in (("TimesCLIP", {"val": v, "test": t}),
+                             *metrics["baselines"].items()):
+            _print(f"{name:<9}  val MSE {scores['val']['mse']:.4f}  MAE "
+                   f"{scores['val']['mae']:.4f}   test MSE {scores['test']['mse']:.4f}  MAE "
+                   f"{scores['test']['mae']:.4f}")
+        _print(f"(standardised scale, every window; backbone {config.backbone}; "
+               f"{data.description})")
+    else:
+        _print(f"val  RMSE {v['rmse']:.3f}  MAE {v['mae']:.3f}  R2 {v['r2']:+.3f}  "
+               f"MAPE {v['mape']:.1f}%")
+        if t:
+            _print(f"test RMSE {t['rmse']:.3f}  MAE {t['mae']:.3f}  R2 {t['r2']:+.3f}  "
+                   f"MAPE {t['mape']:.1f}%   [backbone {config.backbone}; {data.description}]")
     _print(f"wrote {out}/config.yaml, metrics.json, best.pt, tb/")
     return 0
+
+
+def _forecast_baselines(config, data, dlinear: bool) -> dict:
+    """metrics.json `baselines` of a forecasting run: naive and DLinear on the same windows
+    (DLinear trained with TSLib's recipe on the same training windows, seeded by the run)."""
+    from timesclip.forecast_baselines import forecast_baselines
+
+    if not dlinear:
+        _print("baselines: DLinear not trained (--no-baselines); naive only")
+    return forecast_baselines(data, dlinear=dlinear, seed=config.seed, log=_print)
 
 
 def _vision_features(config, data, args: argparse.Namespace):
@@ -199,11 +233,15 @@ def _check_writable(out: Path) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from timesclip.data import load_bundle, load_csvs
+    from timesclip.data import load_bundle, load_csvs, refuse_forecast_files
     from timesclip.inference import load_for_inference, predict_with_attention
     from timesclip.metrics import regression_metrics
 
     model, config, scaler, bands, backbone = load_for_inference(args.checkpoint, args.device)
+    if config.task == "forecast":
+        return _evaluate_forecast(args, model, config, bands, backbone)
+    if args.data:
+        refuse_forecast_files(args.data)
     # The model's own bands, in its order: a config that auto-detected its bands (bands None)
     # would otherwise detect whatever these files hold and feed the model the wrong columns.
     config = config.replace(bands=list(bands))
@@ -247,6 +285,52 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             config.backbone, not args.data)
         _write_plots(Path(args.plots), bands, y_raw, y_pred, attention, years,
                      caption=caption, subset=subset)
+    return 0
+
+
+def _evaluate_forecast(args: argparse.Namespace, model: Any, config: Any,
+                       variates: list[str], backbone: Any) -> int:
+    """evaluate for a forecasting checkpoint: every window of one TSLib split of the file,
+    scored on the standardised scale (the file's own training scaler, as TSLib scores)."""
+    from timesclip.data import load_bundle
+    from timesclip.errors import DataError
+    from timesclip.inference import evaluate_forecast
+
+    if not args.data:
+        raise UserError("a forecasting model needs --data FILE: the Time-Series-Library CSV "
+                        "to score (e.g. the file it was trained on)")
+    subset = args.subset or "test"
+    if subset == "all":
+        raise UserError("--subset all is for yield files; a forecasting file is scored on "
+                        "the windows of one TSLib split: --subset train, val or test")
+    bundle = load_bundle(config.replace(train_stride=1), args.data, warn=None)
+    if bundle.columns != variates:
+        raise DataError(f"{args.data[0]}: its variates {','.join(bundle.columns)} differ from "
+                        f"the model's {','.join(variates)}; score a file with the same "
+                        "columns in the same order")
+    for quirk in bundle.quirks:  # said once the file is known to be usable
+        print(f"warning: {quirk}", file=sys.stderr, flush=True)
+    evaluation = evaluate_forecast(model, config, backbone, bundle.split(subset), bundle.scaler,
+                                   image_batch=args.image_batch, progress_file=sys.stderr)
+    result = {"subset": subset, "n": evaluation.n_windows, "data": bundle.description,
+              "backbone": config.backbone, **evaluation.metrics, "naive": evaluation.naive}
+    text = json.dumps(result, indent=2)
+    if args.json:
+        atomic.write_text(args.json, text + "\n")
+    _print(text)
+    if args.plots:
+        from timesclip.forecast_plots import write_forecast_plots
+
+        out = Path(args.plots)
+        if out.exists() and not out.is_dir():
+            raise UserError(f"--plots {out} exists and is not a directory; choose another")
+        caption = _plots_caption(Path(args.data[0]).name, config.backbone, False)
+        try:
+            written = write_forecast_plots(out, evaluation, variates, caption=caption,
+                                           subset=subset)
+        except OSError as exc:
+            raise UserError(f"cannot write --plots {out}: {exc.strerror or exc}") from None
+        _print("plots: " + ", ".join(str(p) for p in written))
     return 0
 
 

@@ -27,7 +27,7 @@ from torch import nn
 
 from timesclip import atomic
 from timesclip.config import TrainConfig
-from timesclip.data import DataBundle
+from timesclip.data import Bundle
 from timesclip.errors import ConfigError
 from timesclip.metrics import METRIC_MODES, better
 
@@ -206,7 +206,7 @@ def _atomic_save(obj: Any, path: Path) -> None:
 
 
 def save_checkpoints(ckdir: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                     scheduler: Any, config: TrainConfig, data: DataBundle, *, epoch: int,
+                     scheduler: Any, config: TrainConfig, data: Bundle, *, epoch: int,
                      monitor: MonitorState, best_state: dict[str, torch.Tensor] | None,
                      history: list[dict[str, float]], seconds: float,
                      improved: bool) -> None:

@@ -68,6 +68,17 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
 #: One-line help per TrainConfig field; the default is appended from TrainConfig itself.
 FIELD_HELP: dict[str, str] = {
+    "task": "yield: one yield per season from CSVs in the user schema; forecast: the next "
+            "--horizon steps of every variate of one Time-Series-Library CSV (date first, "
+            "OT last), split, scaled and scored as TSLib does",
+    "lookback": "forecast: input steps of every window (TSLib seq_len)",
+    "horizon": "forecast: steps to forecast (TSLib pred_len)",
+    "train_stride": "forecast: use every N-th training window (CPU budgets); validation "
+                    "and test always use every window",
+    "borders": "forecast: the split: auto (from the file name, as TSLib: ETTh*, ETTm*, "
+               "else 70/10/20), etth, ettm or ratio",
+    "variate_selection": "gate: self-attention across variates and a gate; cross: the "
+                         "paper's cross-attention with each variate's text CLS as query",
     "bands": "comma-separated band names to use, in this order",
     "input_steps": "use the first N ten-day steps of the season",
     "split": "random: seeded random split; year: hold out --test-year as the test set "
@@ -86,7 +97,8 @@ FIELD_HELP: dict[str, str] = {
     "d_model": "width of the image, text and selection embeddings",
     "n_heads": "attention heads of the variate selection (must divide --d-model)",
     "dropout": "dropout of the variate selection and the regression head",
-    "head_hidden": "hidden width of the regression head",
+    "head_hidden": "hidden width of the regression head (yield; the forecast head is "
+                   "flatten + linear)",
     "use_vision": "the vision branch (--no-use-vision = --language-only)",
     "use_contrastive": "the contrastive (InfoNCE) loss",
     "use_variate_selection": "the variate-selection attention",
@@ -107,7 +119,8 @@ FIELD_HELP: dict[str, str] = {
     "patience": "early stopping: stop after this many epochs without improvement of "
                 "--monitor",
     "monitor": "the validation metric best.pt keeps the best epoch of and early stopping "
-               "follows: val_rmse, val_loss, val_mae, val_mape or val_r2",
+               "follows: val_rmse, val_loss, val_mae, val_mape or val_r2 (forecast: "
+               "val_mse, val_mae or val_loss)",
     "scheduler": "plateau (ReduceLROnPlateau) or cosine",
     "plateau_factor": "ReduceLROnPlateau: multiply the learning rate by this",
     "plateau_patience": "ReduceLROnPlateau: epochs without improvement before it does",
@@ -123,12 +136,17 @@ FIELD_HELP: dict[str, str] = {
 #: How a default of None reads in --help; fields absent here show no default.
 NONE_DEFAULTS: dict[str, str] = {
     "bands": "every band found, in file order",
-    "image_size": "the vision tower's native size",
-    "monitor": "val_rmse, the task's error metric",
+    "image_size": "the vision tower's native size (forecast with the tiny backbone: 32)",
+    "monitor": "the task's error metric: val_rmse (yield), val_mse (forecast)",
+    "patch_length": "the task's: 6 (yield), 16 (forecast)",
+    "stride": "the task's: 3 (yield), 8 (forecast)",
+    "variate_selection": "the task's: gate (yield), cross (forecast)",
 }
 
-#: Fields that belong to the data flags group (shared with `python -m tuner.search`).
-DATA_FIELDS = ("bands", "input_steps", "split", "test_year", "split_seed")
+#: Fields that belong to the data flags group (shared with `python -m tuner.search`):
+#: the task, the yield window and split, the forecasting window and split.
+DATA_FIELDS = ("task", "bands", "input_steps", "split", "test_year", "split_seed",
+               "lookback", "horizon", "train_stride", "borders")
 
 
 def flag(name: str) -> str:
@@ -152,7 +170,8 @@ def add_data_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("data")
     group.add_argument("--data", nargs="+", metavar="CSV",
                        help="CSV file(s) in the user schema ({band}_{NN} features, y{YYYY} "
-                            "target); omitted: the built-in synthetic data set")
+                            "target); omitted: the built-in synthetic data set. --task "
+                            "forecast: one Time-Series-Library CSV (.csv or .csv.gz)")
     _add_field_flags(group, DATA_FIELDS)
 
 

@@ -19,14 +19,45 @@ import yaml
 
 from timesclip import atomic
 from timesclip.errors import ConfigError
-from timesclip.metrics import EPOCH_METRICS, METRIC_MODES
+from timesclip.metrics import METRIC_MODES, TASK_EPOCH_METRICS
 
 DEFAULT_BACKBONE = "openai/clip-vit-base-patch16"
+#: What a run does: predict one yield per season ("yield") or the next `horizon` steps of
+#: every variate of a Time-Series-Library file ("forecast").
+TASKS = ("yield", "forecast")
+#: How a forecasting file is split (timesclip.data.forecast applies them): auto (from the
+#: file name, as TSLib), etth / ettm (12/4/4 months of hourly / 15-minute rows), ratio
+#: (70/10/20 %).
+BORDERS = ("auto", "etth", "ettm", "ratio")
+#: What a field left unset (None) means, per task: the yield task keeps its long-standing
+#: values; the forecast values are the choices of README "Forecasting" (PatchTST's 16/8
+#: patches for a 96-step lookback, the paper's cross-attention variate selection, and the
+#: task's error metric as the monitor).
+TASK_DEFAULTS: dict[str, dict[str, Any]] = {
+    "yield": {"patch_length": 6, "stride": 3, "variate_selection": "gate",
+              "monitor": "val_rmse"},
+    "forecast": {"patch_length": 16, "stride": 8, "variate_selection": "cross",
+                 "monitor": "val_mse"},
+}
+#: Image size of a forecast run on the tiny backbone when `image_size` is unset. A
+#: forecasting file is 10^5-10^6 images (ETTm1 ~400k), and the tiny tower encodes them
+#: ~8x faster at 32 px (17 tokens) than at its native 64 px (65 tokens): measured 2500 vs
+#: 310 images/s on one busy CPU core. Real towers keep their native size (224 px).
+FORECAST_TINY_IMAGE_SIZE = 32
 #: The metric best.pt and early stopping follow when `monitor` is not set: the task's own
-#: error metric (the yield task's val_rmse).
-DEFAULT_MONITOR = "val_rmse"
-#: What `monitor` may name: the metrics with a direction that the task reports per epoch.
-MONITOR_CHOICES = tuple(m for m in METRIC_MODES if m in EPOCH_METRICS)
+#: error metric (the yield task's val_rmse; see TASK_DEFAULTS for the forecast task's).
+DEFAULT_MONITOR = TASK_DEFAULTS["yield"]["monitor"]
+#: What `monitor` may name, per task: the metrics with a direction that the task reports
+#: per epoch.
+TASK_MONITOR_CHOICES: dict[str, tuple[str, ...]] = {
+    task: tuple(m for m in METRIC_MODES if m in TASK_EPOCH_METRICS[task]) for task in TASKS}
+#: The yield task's monitor choices (kept under this name for existing callers).
+MONITOR_CHOICES = TASK_MONITOR_CHOICES["yield"]
+#: Fields only one task reads. A value other than the default for the other task is
+#: refused (never silently ignored); at the default it is unused by that task.
+YIELD_ONLY = ("bands", "input_steps", "split", "test_year", "val_fraction", "test_fraction",
+              "split_seed", "head_hidden")
+FORECAST_ONLY = ("lookback", "horizon", "train_stride", "borders")
 
 #: The ablation matrix of SEED.md: id -> the TrainConfig switches it sets.
 ABLATIONS: dict[str, dict[str, Any]] = {
@@ -56,14 +87,23 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "contrastive_mode": ("variate", "global", "hybrid"),
     "language_backbone": ("clip", "scratch"),
     "precision": ("fp32", "bf16"),
+    "task": TASKS,
+    "borders": BORDERS,
 }
+#: Choices of fields that may be None (None: the task's default, TASK_DEFAULTS).
+_OPTIONAL_CHOICES: dict[str, tuple[str, ...]] = {"variate_selection": ("gate", "cross")}
 
 
 @dataclass
 class TrainConfig:
     """All hyperparameters of one TimesCLIP training run (data window, model, optimiser)."""
 
-    # --- data window and split (part of the config so a best config reproduces its split)
+    # --- the task: "yield" (one value per season, the user's CSV schema) or "forecast"
+    # (Time-Series-Library files, the next `horizon` steps of every variate)
+    task: str = "yield"
+
+    # --- yield: data window and split (part of the config so a best config reproduces
+    # its split)
     bands: list[str] | None = None  # None: every band found in the CSVs, in file order
     input_steps: int = 12  # first N ten-day steps of the season fed to the model
     split: str = "random"  # "random" (seeded) or "year" (hold out test_year)
@@ -72,14 +112,20 @@ class TrainConfig:
     test_fraction: float = 0.15  # used by the random split only
     split_seed: int = 42  # seeds the split only, so training seeds never move the test set
 
+    # --- forecast: window and split, exactly as Time-Series-Library
+    lookback: int = 96  # L: input steps of every window
+    horizon: int = 96  # H: steps forecast
+    train_stride: int = 1  # use every N-th training window (val/test: every window)
+    borders: str = "auto"  # auto (from the file name) | etth | ettm | ratio (70/10/20)
+
     # --- backbone and rendering
     backbone: str = DEFAULT_BACKBONE  # hub id, local directory, or "tiny" (random, small)
     image_size: int | None = None  # None: the vision tower's native size
     line_width: float = 1.5  # rendered line half-thickness, in pixels at 224 px
 
     # --- model
-    patch_length: int = 6
-    stride: int = 3
+    patch_length: int | None = None  # None: the task's (yield 6, forecast 16)
+    stride: int | None = None  # None: the task's (yield 3, forecast 8)
     d_model: int = 128
     n_heads: int = 4
     dropout: float = 0.1
@@ -87,6 +133,9 @@ class TrainConfig:
     use_vision: bool = True
     use_contrastive: bool = True
     use_variate_selection: bool = True
+    # gate: self-attention across variates + a gate; cross: the paper's cross-attention
+    # with each variate's text CLS as query (None: the task's, yield gate, forecast cross)
+    variate_selection: str | None = None
     language_backbone: str = "clip"  # "clip" (pretrained CLIP-Text) or "scratch"
     freeze_text: bool = True  # False: fine-tune CLIP-Text with backbone_lr
 
@@ -132,9 +181,17 @@ class TrainConfig:
 
         for name, choices in _CHOICES.items():
             need(getattr(self, name) in choices, name, "one of " + ", ".join(choices))
-        for name in ("input_steps", "patch_length", "stride", "d_model", "n_heads",
-                     "head_hidden", "batch_size", "epochs", "patience", "plateau_patience"):
+        self._check_task_fields()
+        for name, choices in _OPTIONAL_CHOICES.items():
+            need(getattr(self, name) is None or getattr(self, name) in choices, name,
+                 f"one of {', '.join(choices)} (unset: the task's, "
+                 f"{TASK_DEFAULTS[self.task][name]} for {self.task})")
+        for name in ("input_steps", "d_model", "n_heads", "head_hidden", "batch_size",
+                     "epochs", "patience", "plateau_patience", "lookback", "horizon",
+                     "train_stride", "patch_length", "stride"):
             value = getattr(self, name)
+            if value is None and name in ("patch_length", "stride"):
+                continue
             need(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
                  name, "an integer >= 1")
         for name in ("temperature", "lr", "backbone_lr"):
@@ -147,8 +204,10 @@ class TrainConfig:
                  name, ">= 0")
         for name in ("hybrid_alpha",):
             need(0.0 <= getattr(self, name) <= 1.0, name, "between 0 and 1")
-        need(self.monitor is None or self.monitor in MONITOR_CHOICES, "monitor",
-             f"one of {', '.join(MONITOR_CHOICES)} (unset: {DEFAULT_MONITOR})")
+        choices = TASK_MONITOR_CHOICES[self.task]
+        need(self.monitor is None or self.monitor in choices, "monitor",
+             f"one of {', '.join(choices)} (unset: {TASK_DEFAULTS[self.task]['monitor']})"
+             + (" for the forecast task" if self.task == "forecast" else ""))
         need(0.0 <= self.dropout < 1.0, "dropout", "in [0, 1)")
         need(0.0 < self.plateau_factor < 1.0, "plateau_factor", "in (0, 1)")
         need(0.0 < self.val_fraction < 0.5, "val_fraction", "in (0, 0.5)")
@@ -177,12 +236,14 @@ class TrainConfig:
             raise ConfigError(f"test_year ({self.test_year}) only applies to the year split "
                               f"but split is {self.split!r}: add --split year or drop "
                               "--test-year (or test_year in the config file)")
-        if self.patch_length > self.input_steps:
-            raise ConfigError(f"patch_length ({self.patch_length}) must be <= input_steps "
-                              f"({self.input_steps})")
-        if self.stride > self.patch_length:
-            raise ConfigError(f"stride ({self.stride}) must be <= patch_length "
-                              f"({self.patch_length}), or some steps are never seen")
+        patch, stride = self.resolved("patch_length"), self.resolved("stride")
+        window = "input_steps" if self.task == "yield" else "lookback"
+        if patch > self.window_steps:
+            raise ConfigError(f"patch_length ({patch}) must be <= {window} "
+                              f"({self.window_steps})")
+        if stride > patch:
+            raise ConfigError(f"stride ({stride}) must be <= patch_length "
+                              f"({patch}), or some steps are never seen")
         if self.d_model % self.n_heads:
             raise ConfigError(f"d_model ({self.d_model}) must be divisible by n_heads "
                               f"({self.n_heads})")
@@ -191,16 +252,55 @@ class TrainConfig:
                               "the vision and language branches (use --no-contrastive with "
                               "--language-only)")
 
+    def _check_task_fields(self) -> None:
+        """A field the other task reads, set away from its default, is refused: the run
+        would ignore it while the user believes it applies."""
+        defaults = _defaults()
+        if self.task == "forecast":
+            foreign, other, fix = YIELD_ONLY, "yield", (
+                "drop it (a forecast run uses every column of the file, splits it by "
+                "--borders and reads --lookback steps)")
+        else:
+            foreign, other, fix = FORECAST_ONLY, "forecast", (
+                "add --task forecast or drop it (the yield window is --input-steps)")
+        for name in foreign:
+            if getattr(self, name) != defaults[name]:
+                raise ConfigError(f"{name} ({getattr(self, name)!r}) only applies to the "
+                                  f"{other} task but task is {self.task!r}: {fix}")
+
     # ------------------------------------------------------------------ derived values
+    def resolved(self, name: str) -> Any:
+        """The value of field `name` this run uses: its own, or when None the task's
+        default (TASK_DEFAULTS: patch_length, stride, variate_selection, monitor)."""
+        value = getattr(self, name)
+        if value is None and name in TASK_DEFAULTS[self.task]:
+            return TASK_DEFAULTS[self.task][name]
+        return value
+
+    def image_px(self, native: int) -> int:
+        """The rendered image size for a vision tower of `native` pixels: `image_size`, else
+        FORECAST_TINY_IMAGE_SIZE for a forecast run on the tiny backbone, else `native`."""
+        if self.image_size is not None:
+            return self.image_size
+        if self.task == "forecast" and self.backbone == "tiny":
+            return FORECAST_TINY_IMAGE_SIZE
+        return int(native)
+
+    @property
+    def window_steps(self) -> int:
+        """Time steps of one model input: `input_steps` (yield) or `lookback` (forecast)."""
+        return self.input_steps if self.task == "yield" else self.lookback
+
     @property
     def n_patches(self) -> int:
-        """Number of patches the language branch cuts from `input_steps` steps."""
-        return (self.input_steps - self.patch_length) // self.stride + 1
+        """Number of patches the language branch cuts from the `window_steps` steps."""
+        return ((self.window_steps - self.resolved("patch_length"))
+                // self.resolved("stride") + 1)
 
     @property
     def monitor_metric(self) -> str:
         """The metric best.pt and early stopping follow: `monitor`, else the task's own."""
-        return self.monitor if self.monitor is not None else DEFAULT_MONITOR
+        return self.resolved("monitor")
 
     @property
     def monitor_mode(self) -> str:
@@ -274,6 +374,12 @@ class TrainConfig:
 
 
 _SAFE_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
+@functools.cache
+def _defaults() -> dict[str, Any]:
+    """Every field's default value (read once; see _field_types)."""
+    return {f.name: f.default for f in fields(TrainConfig)}
 
 
 @functools.cache
@@ -376,5 +482,7 @@ def apply_ablation(config: TrainConfig, ablation: str) -> TrainConfig:
     return config.replace(**ABLATIONS[key])
 
 
-__all__ = ["ABLATIONS", "ABLATION_MEANINGS", "DEFAULT_BACKBONE", "TrainConfig",
+__all__ = ["ABLATIONS", "ABLATION_MEANINGS", "BORDERS", "DEFAULT_BACKBONE", "DEFAULT_MONITOR",
+           "FORECAST_ONLY", "FORECAST_TINY_IMAGE_SIZE", "MONITOR_CHOICES", "TASKS",
+           "TASK_DEFAULTS", "TASK_MONITOR_CHOICES", "YIELD_ONLY", "TrainConfig",
            "apply_ablation", "coerce_field"]

@@ -40,12 +40,14 @@ import numpy as np
 
 from timesclip import atomic
 from timesclip.config import TrainConfig
-from timesclip.data import DataBundle
-from timesclip.features import SPLITS, compute_features, feature_settings
+from timesclip.data import Bundle, ForecastBundle
+from timesclip.features import FEATURE_DTYPES, SPLITS, compute_features, feature_settings
 from timesclip.model.backbones import CLIP_CONFIG_FILE
 
 #: Format tag of an entry; bump on any change to what is stored or how the key is built.
-FORMAT = "timesclip-features/1"
+#: 2: the dtype is part of the key (forecasting features are float16), tensors are written
+#: and checksummed without a copy in memory.
+FORMAT = "timesclip-features/2"
 SUFFIX = ".safetensors"
 #: (path, size, mtime_ns) -> sha256 of local weight files, inside the cache directory.
 WEIGHT_HASHES = "weights-sha256.json"
@@ -68,13 +70,21 @@ def default_cache_dir() -> Path:
 
 
 # ----------------------------------------------------------------------------- the key
-def data_content_hash(data: DataBundle) -> str:
-    """SHA-256 over the raw windows [N, T, V] of every split: what is actually drawn."""
+def data_content_hash(data: Bundle) -> str:
+    """SHA-256 over what is actually drawn: the raw windows [N, T, V] of every split of a
+    yield data set; the rows [R, V] of every split of a forecasting file and how its windows
+    are cut from them (lookback, horizon, stride)."""
     h = hashlib.sha256()
     for split in SPLITS:
-        x = np.ascontiguousarray(getattr(data, split).x_raw, dtype="<f4")
-        h.update(json.dumps([split, list(x.shape)]).encode())
-        h.update(x.tobytes())
+        if isinstance(data, ForecastBundle):
+            part = data.split(split)
+            x = np.ascontiguousarray(part.data, dtype="<f4")  # [R, V] rows of the split
+            h.update(json.dumps([split, list(x.shape), part.lookback, part.horizon,
+                                 part.stride]).encode())
+        else:
+            x = np.ascontiguousarray(getattr(data, split).x_raw, dtype="<f4")
+            h.update(json.dumps([split, list(x.shape)]).encode())
+        h.update(x)  # the buffer itself: no bytes copy
     return h.hexdigest()
 
 
@@ -97,7 +107,7 @@ def _canonical(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
 
-def cache_key(config: TrainConfig, data: DataBundle, *,
+def cache_key(config: TrainConfig, data: Bundle, *,
               cache_dir: str | Path | None = None) -> FeatureKey | None:
     """The key of `config`'s features on `data`, or None when the backbone's weights cannot
     be identified without loading them (a hub id not in the local cache yet).
@@ -111,11 +121,12 @@ def cache_key(config: TrainConfig, data: DataBundle, *,
     parts = {
         "format": FORMAT,
         "settings": feature_settings(config, data),
-        "image_size_px": int(config.image_size or native),
+        "image_size_px": int(config.image_px(native)),
         "data_content": data_content_hash(data),
         "split_sizes": {s: len(getattr(data, s)) for s in SPLITS},
         "backbone": identity,
-        "output": "CLIPVisionModel pooler_output, float32",
+        "output": "CLIPVisionModel pooler_output",
+        "dtype": _dtype_name(FEATURE_DTYPES[config.task]),
     }
     return FeatureKey(hashlib.sha256(_canonical(parts).encode()).hexdigest(), parts)
 
@@ -233,34 +244,48 @@ def file_sha256(path: Path, *, cache_dir: str | Path | None = None) -> str:
 
 
 # ----------------------------------------------------------------------------- files
+def _dtype_name(dtype: Any) -> str:
+    return str(dtype).removeprefix("torch.")  # "float32", "float16"
+
+
 def _tensor_sha256(tensor: Any) -> str:
-    return hashlib.sha256(tensor.contiguous().numpy().tobytes()).hexdigest()
+    """SHA-256 of a contiguous CPU tensor's bytes, read through its buffer (no copy: a
+    forecasting entry's train split is hundreds of MB at real size)."""
+    return hashlib.sha256(tensor.contiguous().numpy()).hexdigest()
 
 
 def store_entry(path: str | Path, key: FeatureKey, features: Mapping[str, Any],
                 **info: Any) -> None:
-    """Write `features` ({split: [N, V, Hv]}) atomically as a safetensors file at `path`,
-    with the key, per-split checksums and `info` (e.g. compute time) in its metadata."""
+    """Write `features` ({split: [N, V, Hv]}, in the key's dtype) atomically as a
+    safetensors file at `path`, with the key, per-split checksums and `info` (e.g. compute
+    time) in its metadata. safetensors writes from the tensors' own memory (save_file), so
+    storing costs no second copy of the features."""
     import safetensors.torch
     import torch
 
-    tensors = {s: features[s].detach().to("cpu", torch.float32).contiguous() for s in SPLITS}
+    dtype = getattr(torch, key.parts.get("dtype", "float32"))
+    tensors = {s: features[s].detach().to("cpu", dtype).contiguous() for s in SPLITS}
     meta = {"format": FORMAT, "digest": key.digest, "key": key.canonical,
             "sha256": _canonical({s: _tensor_sha256(t) for s, t in tensors.items()}),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             **{k: str(v) for k, v in info.items()}}
-    atomic.write_bytes(Path(path), safetensors.torch.save(tensors, metadata=meta))
+    with atomic.replacing(Path(path)) as tmp:
+        safetensors.torch.save_file(tensors, tmp, metadata=meta)
+        os.chmod(tmp, 0o644)  # save_file creates the file anew (0600); others read the cache
 
 
 def load_entry(path: str | Path, key: FeatureKey, expect: Mapping[str, tuple[int, int]]
                ) -> dict[str, Any]:
     """The features stored at `path`, after checking them; raises CacheEntryError.
 
-    expect: {split: (rows, variates)}; the feature width must agree across splits.
+    expect: {split: (rows, variates)}; the feature width must agree across splits, the
+    dtype is the key's. Each split is read once into its own tensor (from safetensors'
+    memory map) and checksummed through its buffer: one copy of the features in memory.
     """
     import torch
     from safetensors import safe_open
 
+    dtype = getattr(torch, key.parts.get("dtype", "float32"))
     try:
         with safe_open(str(path), framework="pt") as entry:  # validates header and offsets
             meta = entry.metadata() or {}
@@ -278,10 +303,11 @@ def load_entry(path: str | Path, key: FeatureKey, expect: Mapping[str, tuple[int
     widths = {int(t.shape[-1]) for t in tensors.values() if t.dim() == 3}
     for split in SPLITS:
         t = tensors[split]
-        if t.dtype != torch.float32 or t.dim() != 3 or tuple(t.shape[:2]) != \
+        if t.dtype != dtype or t.dim() != 3 or tuple(t.shape[:2]) != \
                 tuple(expect[split]) or len(widths) != 1:
             raise CacheEntryError(f"{split} has shape {tuple(t.shape)} ({t.dtype}), expected "
-                                  f"[{expect[split][0]}, {expect[split][1]}, width] float32")
+                                  f"[{expect[split][0]}, {expect[split][1]}, width] "
+                                  f"{_dtype_name(dtype)}")
     try:
         sums = json.loads(meta.get("sha256", ""))
     except ValueError:
@@ -293,7 +319,7 @@ def load_entry(path: str | Path, key: FeatureKey, expect: Mapping[str, tuple[int
 
 
 # ----------------------------------------------------------------------------- the API
-def lookup(config: TrainConfig, data: DataBundle, directory: Path, say: Log
+def lookup(config: TrainConfig, data: Bundle, directory: Path, say: Log
            ) -> tuple[dict[str, Any] | None, FeatureKey | None]:
     """(features, key) from the cache at `directory`: (None, key) on a miss or an entry that
     fails its checks (said in one line), (None, None) when the weights cannot be identified
@@ -311,12 +337,13 @@ def lookup(config: TrainConfig, data: DataBundle, directory: Path, say: Log
         say(f"vision features: cache entry {path} is unusable ({exc}); recomputing")
         return None, key
     n = sum(rows for rows, _ in expect.values())
-    say(f"vision features: loaded from cache {path} ({n} samples x {len(data.bands)} bands; "
+    what = "windows" if isinstance(data, ForecastBundle) else "samples"
+    say(f"vision features: loaded from cache {path} ({n} {what} x {len(data.bands)} bands; "
         f"key {key.digest[:12]}; no ViT time, --no-feature-cache recomputes)")
     return features, key
 
 
-def store(config: TrainConfig, data: DataBundle, directory: Path, key: FeatureKey | None,
+def store(config: TrainConfig, data: Bundle, directory: Path, key: FeatureKey | None,
           features: Mapping[str, Any], seconds: float, say: Log) -> None:
     """Store freshly computed features under `key` (None: identify the weights now, e.g. a
     hub checkpoint downloaded by the computation). A cache that cannot be written never
@@ -337,7 +364,7 @@ def store(config: TrainConfig, data: DataBundle, directory: Path, key: FeatureKe
         say(f"vision features: computed and stored in cache {path}")
 
 
-def load_or_compute(config: TrainConfig, data: DataBundle, *,
+def load_or_compute(config: TrainConfig, data: Bundle, *,
                     cache_dir: str | Path | None = None,
                     compute: Callable[[], Mapping[str, Any] | None] | None = None,
                     log: Log | None = None) -> tuple[dict[str, Any] | None, bool]:
@@ -374,7 +401,7 @@ def load_or_compute(config: TrainConfig, data: DataBundle, *,
     return features, False
 
 
-def _key_or_none(config: TrainConfig, data: DataBundle, directory: Path,
+def _key_or_none(config: TrainConfig, data: Bundle, directory: Path,
                  say: Log) -> FeatureKey | None:
     """cache_key, with unreadable weight files meaning "no key" rather than a failed run."""
     try:

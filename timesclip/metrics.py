@@ -40,6 +40,12 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, floa
 #: Per-epoch metric names of a yield run's report (CONTRACT).
 EPOCH_METRICS = ("epoch", "train_loss", "train_regression_loss", "train_contrastive_loss",
                  "val_loss", "val_rmse", "val_mae", "val_r2", "val_mape", "lr")
+#: Per-epoch metric names of a forecasting run's report (MSE / MAE on the standardised
+#: scale, over every validation window).
+FORECAST_EPOCH_METRICS = ("epoch", "train_loss", "train_regression_loss",
+                          "train_contrastive_loss", "val_loss", "val_mse", "val_mae", "lr")
+#: TrainConfig.task -> the per-epoch metric names its runs report.
+TASK_EPOCH_METRICS = {"yield": EPOCH_METRICS, "forecast": FORECAST_EPOCH_METRICS}
 
 #: Every per-epoch metric a run can be judged by (the trainer's `monitor`, a search's
 #: metric), with the direction that is better. The one owner of these names and modes.

@@ -33,6 +33,8 @@ PREDICTION_COLUMNS = ("row", "year", "y_true", "y_pred")
 ATTENTION_INDEX = "band"
 #: Largest deviation from 1 accepted for an attention row sum read back from CSV.
 ROW_SUM_TOLERANCE = 1e-4
+#: The variate attention `python -m timesclip evaluate --plots DIR` writes (both tasks).
+ATTENTION_CSV, ATTENTION_PNG = "attention.csv", "attention.png"
 
 
 # ---------------------------------------------------------------------------- tables
@@ -68,14 +70,20 @@ def write_csv(frame: pd.DataFrame, path: str | Path, *, index: bool = False) -> 
     return path
 
 
-def read_predictions(path: str | Path) -> pd.DataFrame:
-    """A predictions CSV, checked: the columns of PREDICTION_COLUMNS and at least one row."""
+def read_table(path: str | Path, columns: Sequence[str]) -> pd.DataFrame:
+    """A CSV this module (or `timesclip.forecast_plots`) wrote, checked: `columns` are
+    there and it has at least one row."""
     frame = pd.read_csv(path)
-    missing = [c for c in PREDICTION_COLUMNS if c not in frame.columns]
+    missing = [c for c in columns if c not in frame.columns]
     if missing or frame.empty:
-        raise ValueError(f"{path}: expected columns {', '.join(PREDICTION_COLUMNS)} and at "
+        raise ValueError(f"{path}: expected columns {', '.join(columns)} and at "
                          f"least one row (missing: {', '.join(missing) or 'none'})")
     return frame
+
+
+def read_predictions(path: str | Path) -> pd.DataFrame:
+    """A predictions CSV, checked: the columns of PREDICTION_COLUMNS and at least one row."""
+    return read_table(path, PREDICTION_COLUMNS)
 
 
 def read_attention(path: str | Path) -> pd.DataFrame:
@@ -204,15 +212,15 @@ def write_evaluation_plots(out_dir: str | Path, predictions: pd.DataFrame,
                                    title=f"Predicted vs actual ({subset})")
     written.append(save_figure(fig, out / "predicted_vs_actual.png"))
     if attention is not None:
-        written.append(write_csv(attention, out / "attention.csv", index=True))
+        written.append(write_csv(attention, out / ATTENTION_CSV, index=True))
         fig = plot_attention(attention, caption=caption,
                              title=f"Variate-selection attention, mean over {subset} "
                                    f"({len(predictions)} samples)")
-        written.append(save_figure(fig, out / "attention.png"))
+        written.append(save_figure(fig, out / ATTENTION_PNG))
     return written
 
 
-__all__ = ["ATTENTION_INDEX", "PREDICTION_COLUMNS", "attention_frame", "plot_attention",
-           "plot_predicted_vs_actual", "predictions_frame",
-           "read_attention", "read_predictions", "save_figure", "stamp", "write_csv",
+__all__ = ["ATTENTION_CSV", "ATTENTION_INDEX", "ATTENTION_PNG", "PREDICTION_COLUMNS",
+           "attention_frame", "plot_attention", "plot_predicted_vs_actual", "predictions_frame",
+           "read_attention", "read_predictions", "read_table", "save_figure", "stamp", "write_csv",
            "write_evaluation_plots"]

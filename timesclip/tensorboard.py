@@ -16,9 +16,11 @@ from timesclip.config import TrainConfig
 SCALAR_TAGS = {"train_loss": "Loss/train", "train_regression_loss": "Loss/train_regression",
                "train_contrastive_loss": "Loss/train_contrastive", "val_loss": "Loss/val",
                "val_rmse": "Metrics/RMSE", "val_r2": "Metrics/R2", "val_mae": "Metrics/MAE",
-               "val_mape": "Metrics/MAPE", "lr": "LR"}
+               "val_mape": "Metrics/MAPE", "val_mse": "Metrics/MSE", "lr": "LR"}
 #: The scalars fit() logs that TensorBoard's HParams tab shows as this run's metrics.
 HPARAM_METRICS = ("Metrics/RMSE", "Metrics/R2", "Loss/val")
+#: The same for a forecasting run (TrainConfig.task "forecast").
+FORECAST_HPARAM_METRICS = ("Metrics/MSE", "Metrics/MAE", "Loss/val")
 
 
 def summary_writer(tb_dir: str | Path | None, config: TrainConfig,
@@ -42,7 +44,8 @@ def log_epoch(writer: Any, metrics: dict[str, float], epoch: int,
     """One epoch's scalars (and the learned InfoNCE temperature when there is one), flushed
     so a run stopped by the search still shows every epoch it finished."""
     for key, tag in SCALAR_TAGS.items():
-        writer.add_scalar(tag, metrics[key], epoch)
+        if key in metrics:  # each task reports its own metrics
+            writer.add_scalar(tag, metrics[key], epoch)
     if temperature is not None:
         writer.add_scalar("Temperature", temperature, epoch)
     writer.flush()
@@ -78,7 +81,8 @@ def log_hparams(writer: Any, config: TrainConfig, hparams: dict[str, Any] | None
     active = {k: _tb_value(v) for k, v in given.items()}
     typed = {k: v if v is not None else _tb_value(getattr(config, k, None))
              for k, v in active.items()}
-    metrics = {tag: 0.0 for tag in HPARAM_METRICS}  # names only: no value is written
+    tags = FORECAST_HPARAM_METRICS if config.task == "forecast" else HPARAM_METRICS
+    metrics = {tag: 0.0 for tag in tags}  # names only: no value is written
     experiment, _, _ = hparams_summaries({k: v for k, v in typed.items() if v is not None},
                                          metrics)
     _, session_start, _ = hparams_summaries(active, metrics)
@@ -88,4 +92,5 @@ def log_hparams(writer: Any, config: TrainConfig, hparams: dict[str, Any] | None
     file_writer.flush()
 
 
-__all__ = ["HPARAM_METRICS", "SCALAR_TAGS", "log_epoch", "log_hparams", "summary_writer"]
+__all__ = ["FORECAST_HPARAM_METRICS", "HPARAM_METRICS", "SCALAR_TAGS", "log_epoch",
+           "log_hparams", "summary_writer"]

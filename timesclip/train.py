@@ -1,12 +1,15 @@
 """fit(): the TimesCLIP training loop.
 
-One call trains one configuration on one DataBundle. It reports every epoch through a
+One call trains one configuration on one data bundle, of either task: a yield data set
+(metrics in the target's own units) or a forecasting file (MSE / MAE on the standardised
+scale over every window). The loop is the same; what differs -- how training batches are
+cut and how a split is scored -- is `timesclip.task_data`. It reports every epoch through a
 callback (the tuner turns that into `tune.report`), writes resumable checkpoints
-(`timesclip.checkpoint`), and returns validation/test metrics in the target's own units.
+(`timesclip.checkpoint`), and returns the validation/test metrics.
 
 Best checkpoint and early stopping follow one metric, `config.monitor_metric` (the task's
-own error metric, val_rmse, unless `monitor` names another): `best.pt` holds the epoch a
-search would select from the same reports. The learning-rate plateau still follows
+own error metric, val_rmse or val_mse, unless `monitor` names another): `best.pt` holds
+the epoch a search would select from the same reports. The learning-rate plateau still follows
 val_loss, the quantity the optimiser minimises.
 
 The frozen vision features are a pure function of (data, render settings, backbone), so
@@ -18,12 +21,11 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -37,12 +39,12 @@ from timesclip.checkpoint import (
     trainable_state,
 )
 from timesclip.config import TrainConfig
-from timesclip.data import DataBundle, Scaler
-from timesclip.errors import ConfigError, NonFiniteLossError
-from timesclip.features import SPLITS, compute_features
-from timesclip.metrics import regression_metrics
+from timesclip.data import Bundle
+from timesclip.errors import NonFiniteLossError
+from timesclip.features import compute_features
 from timesclip.model import Backbone, TimesCLIP, count_parameters, load_backbone
 from timesclip.runtime import apply_threads, resolve_device, seed_everything
+from timesclip.task_data import Batch, check_data, predict, score, task_data
 from timesclip.tensorboard import log_epoch, summary_writer
 
 #: report(epoch, metrics, checkpoint_dir_or_None) — called after each epoch's checkpoint is on disk.
@@ -51,7 +53,8 @@ ReportFn = Callable[[int, dict[str, float], "str | None"], None]
 
 @dataclass
 class FitResult:
-    """What one training run produced. Metrics are in the target's own units.
+    """What one training run produced: the task's metrics (yield: the target's own units;
+    forecast: MSE / MAE on the standardised scale).
 
     best_epoch is the epoch with the best `monitor` value (`best_value`); `val` holds that
     epoch's validation metrics and `test` the test metrics of its weights."""
@@ -96,26 +99,8 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> An
         optimizer, mode="min", factor=config.plateau_factor, patience=config.plateau_patience)
 
 
-@torch.no_grad()
-def predict(model: TimesCLIP, x: torch.Tensor, feats: torch.Tensor | None,
-            batch_size: int) -> tuple[np.ndarray, float]:
-    """Scaled predictions [N] and the mean contrastive loss over the batches."""
-    model.eval()
-    preds, closs = [], []
-    for i in range(0, len(x), batch_size):
-        out = model(x[i:i + batch_size], None if feats is None else feats[i:i + batch_size])
-        preds.append(out.y_pred.float().cpu())
-        closs.append(float(out.contrastive_loss))
-    return torch.cat(preds).numpy(), float(np.mean(closs)) if closs else 0.0
-
-
-def score(y_pred_scaled: np.ndarray, y_raw: np.ndarray, scaler: Scaler) -> dict[str, float]:
-    """Metrics of scaled predictions [N] against raw targets [N], in the target's own units."""
-    return regression_metrics(y_raw, scaler.inverse_y(y_pred_scaled))
-
-
 # ---------------------------------------------------------------------------- fit
-def fit(config: TrainConfig, data: DataBundle, *, report: ReportFn | None = None,
+def fit(config: TrainConfig, data: Bundle, *, report: ReportFn | None = None,
         checkpoint_dir: str | Path | None = None, resume_from: str | Path | None = None,
         vision_features: dict[str, torch.Tensor] | None = None, evaluate_test: bool = True,
         tb_dir: str | Path | None = None, backbone: Backbone | None = None,
@@ -131,9 +116,7 @@ def fit(config: TrainConfig, data: DataBundle, *, report: ReportFn | None = None
     every field of `config`); None values mark parameters inactive in this run (see
     `timesclip.tensorboard.log_hparams`).
     """
-    if data.input_steps != config.input_steps:
-        raise ConfigError(f"data window has {data.input_steps} steps but input_steps is "
-                          f"{config.input_steps}; load the data with the same config")
+    check_data(config, data)
     apply_threads(config)
     device = resolve_device(config.device)
     if log and config.precision == "bf16" and device.type == "cpu":
@@ -158,11 +141,7 @@ def fit(config: TrainConfig, data: DataBundle, *, report: ReportFn | None = None
         params = {"total": params["total"] + vis, "trainable": params["trainable"],
                   "frozen": params["frozen"] + vis}
 
-    # torch.tensor copies: arrays shared through Ray's object store are read-only
-    tensors = {s: (torch.tensor(getattr(data, s).x, device=device),
-                   torch.tensor(getattr(data, s).y, device=device),
-                   None if vision_features is None else vision_features[s].to(device))
-               for s in SPLITS}
+    run = task_data(config, data, vision_features, device)
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, config)
 
@@ -200,15 +179,14 @@ def fit(config: TrainConfig, data: DataBundle, *, report: ReportFn | None = None
     try:
         for epoch in range(state.epoch + 1, last_epoch + 1):
             epoch_start = time.perf_counter()
-            train_m = _train_epoch(model, optimizer, tensors["train"], config, epoch)
-            val_x, _, val_feats = tensors["val"]
-            val_pred, val_closs = predict(model, val_x, val_feats, batch_size=256)
-            val_reg = float(np.mean((val_pred - data.val.y) ** 2))
-            val_loss = val_reg + (config.contrastive_weight * val_closs
-                                  if config.use_contrastive else 0.0)
+            train_m = _train_epoch(model, optimizer, run.train_batches(epoch), run.n_train,
+                                   config, epoch)
+            val = run.score(model, "val")
+            val_loss = val.regression + (config.contrastive_weight * val.contrastive
+                                         if config.use_contrastive else 0.0)
             if not math.isfinite(val_loss):
                 raise NonFiniteLossError(epoch, -1, val_loss)
-            val_m = score(val_pred, data.val.y_raw, scaler=data.scaler)
+            val_m = val.metrics
             lr = optimizer.param_groups[0]["lr"]
             if config.scheduler == "cosine":
                 scheduler.step()
@@ -233,7 +211,7 @@ def fit(config: TrainConfig, data: DataBundle, *, report: ReportFn | None = None
                                  monitor=monitor, best_state=state.best_state,
                                  history=history, seconds=seconds, improved=improved)
             if log:
-                log(_epoch_line(metrics, config.epochs, improved))
+                log(_epoch_line(metrics, config.epochs, improved, run.epoch_text(metrics)))
             stop_early = monitor.bad_epochs >= config.patience
             if report is not None:
                 # beside the CONTRACT names: the epoch's compute time and the model size,
@@ -266,12 +244,8 @@ def fit(config: TrainConfig, data: DataBundle, *, report: ReportFn | None = None
         val_final = {k.removeprefix("val_"): float(v) for k, v in best_row.items()
                      if k.startswith("val_") and k != "val_loss"}
     else:
-        val_pred, _ = predict(model, tensors["val"][0], tensors["val"][2], batch_size=256)
-        val_final = score(val_pred, data.val.y_raw, data.scaler)
-    test_final = None
-    if evaluate_test:
-        test_pred, _ = predict(model, tensors["test"][0], tensors["test"][2], batch_size=256)
-        test_final = score(test_pred, data.test.y_raw, data.scaler)
+        val_final = run.score(model, "val").metrics
+    test_final = run.score(model, "test").metrics if evaluate_test else None
     best_value = math.nan if monitor.best_value is None else monitor.best_value
     return FitResult(best_epoch=monitor.best_epoch, epochs_run=epoch, monitor=monitor.metric,
                      best_value=best_value, val=val_final, test=test_final, params=params,
@@ -281,19 +255,16 @@ def fit(config: TrainConfig, data: DataBundle, *, report: ReportFn | None = None
 
 
 def _train_epoch(model: TimesCLIP, optimizer: torch.optim.Optimizer,
-                 split: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None],
-                 config: TrainConfig, epoch: int) -> dict[str, float]:
-    x, y, feats = split
+                 batches: Iterator[Batch], n_train: int, config: TrainConfig,
+                 epoch: int) -> dict[str, float]:
+    """One pass over the training batches (shuffled by (seed, epoch) only, so a resumed run
+    sees the same batches); the epoch's mean losses."""
     model.train()
-    # Shuffling order depends on (seed, epoch) only, so a resumed run sees the same batches.
-    gen = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-    order = torch.randperm(len(x), generator=gen).to(x.device)
     sums = {"train_loss": 0.0, "train_regression_loss": 0.0, "train_contrastive_loss": 0.0}
     trainable = [p for g in optimizer.param_groups for p in g["params"]]
-    for step, i in enumerate(range(0, len(x), config.batch_size)):
-        idx = order[i:i + config.batch_size]
-        out = model(x[idx], None if feats is None else feats[idx])
-        reg = nn.functional.mse_loss(out.y_pred, y[idx])
+    for step, (x, y, feats) in enumerate(batches):
+        out = model(x, feats)
+        reg = nn.functional.mse_loss(out.y_pred, y)
         closs = out.contrastive_loss
         loss = reg + config.contrastive_weight * closs if config.use_contrastive else reg
         if not torch.isfinite(loss):
@@ -303,18 +274,19 @@ def _train_epoch(model: TimesCLIP, optimizer: torch.optim.Optimizer,
         if config.grad_clip > 0:
             nn.utils.clip_grad_norm_(trainable, config.grad_clip)
         optimizer.step()
-        n = len(idx)
+        n = len(x)
         sums["train_loss"] += float(loss.detach()) * n
         sums["train_regression_loss"] += float(reg.detach()) * n
         sums["train_contrastive_loss"] += float(closs.detach()) * n
-    return {k: v / len(x) for k, v in sums.items()}
+    return {k: v / n_train for k, v in sums.items()}
 
 
-def _epoch_line(m: dict[str, float], epochs: int, improved: bool) -> str:
-    """One line per epoch; `*` marks an improvement of the monitored metric."""
+def _epoch_line(m: dict[str, float], epochs: int, improved: bool, scores: str) -> str:
+    """One line per epoch (`scores`: the task's validation metrics); `*` marks an
+    improvement of the monitored metric."""
     return (f"epoch {int(m['epoch']):3d}/{epochs}  train {m['train_loss']:.4f} "
             f"(reg {m['train_regression_loss']:.4f}, con {m['train_contrastive_loss']:.4f})  "
-            f"val {m['val_loss']:.4f}  RMSE {m['val_rmse']:.3f}  R2 {m['val_r2']:+.3f}  "
+            f"val {m['val_loss']:.4f}  {scores}  "
             f"lr {m['lr']:.2e}{'  *' if improved else ''}")
 
 

@@ -21,7 +21,7 @@ import gzip
 import hashlib
 import io
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,13 +29,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from timesclip.config import BORDERS
 from timesclip.data.csv_loader import FEATURE_RE, TARGET_RE, _warn_stderr
 from timesclip.errors import ConfigError, DataError
 
 TARGET = "OT"
 DATE = "date"
 SPLIT_NAMES = ("train", "val", "test")
-BORDER_RULES = ("auto", "etth", "ettm", "ratio")
+BORDER_RULES = BORDERS  # TrainConfig.borders' choices
 #: Sensor sentinel the weather file uses for "no reading"; kept (TSLib keeps it), reported.
 SENTINEL = -9999.0
 _HOUR_MONTH = 30 * 24  # rows per "month" in TSLib's ETTh borders (hourly data)
@@ -139,6 +140,10 @@ class ForecastSplit:
     def n_windows(self) -> int:
         return -(-self.total_windows // self.stride)  # ceil
 
+    def __len__(self) -> int:
+        """Windows of this split (after the stride): what a run iterates and scores."""
+        return self.n_windows
+
     def starts(self, idx: Any) -> np.ndarray:
         """Window indices [B] -> their first rows in `data` [B]; out-of-range -> IndexError."""
         idx = np.atleast_1d(np.asarray(idx, dtype=np.int64))
@@ -192,10 +197,28 @@ class ForecastBundle:
     description: str  # one line for reports
     quirks: list[str] = field(default_factory=list)  # each quirk found, as warned
 
+    #: A forecasting file is real data (reports label synthetic data; read generically).
+    synthetic = False
+
+    @property
+    def bands(self) -> list[str]:
+        """The variate names (`columns`, OT last): what the yield bundle calls its bands, so
+        checkpoints, attention tables and reports read both bundles alike."""
+        return list(self.columns)
+
     def split(self, name: str) -> ForecastSplit:
         if name not in SPLIT_NAMES:
             raise KeyError(f"unknown split {name!r}; one of {', '.join(SPLIT_NAMES)}")
         return getattr(self, name)
+
+
+def refuse_forecast_files(paths: Sequence[str | Path]) -> None:
+    """The yield loader's check: a forecasting file is named as such (DataError), rather
+    than failing later for lacking {band}_{NN} columns."""
+    for path in paths:
+        if looks_like_forecast_csv(path):
+            raise DataError(f"{path}: looks like a forecasting file (first column 'date', an "
+                            "'OT' column), not a yield file: use --task forecast")
 
 
 def looks_like_forecast_csv(path: str | Path) -> bool:
@@ -263,7 +286,7 @@ def load_forecast(path: str | Path, *, lookback: int = 96, horizon: int = 96,
                 "border1s": b1s, "border2s": b2s}
     digest = hashlib.sha256(raw)
     digest.update(json.dumps(settings, sort_keys=True).encode())
-    stride = f", every {train_stride}th training window" if train_stride > 1 else ""
+    stride = f", training stride {train_stride}" if train_stride > 1 else ""
     counts = " / ".join(f"{s.name} {s.n_windows}" for s in splits)
     description = (f"{p.name} ({n} rows, {len(columns)} variates, {rule} borders, "
                    f"lookback {lookback}, horizon {horizon}; windows {counts}{stride})")
@@ -418,4 +441,5 @@ def _span(step: pd.Timedelta) -> str:
 
 __all__ = ["BORDER_RULES", "SPLIT_NAMES", "ForecastBundle", "ForecastScaler", "ForecastSplit",
            "border_rule", "forecast_name", "load_forecast", "looks_like_forecast_csv",
+           "refuse_forecast_files",
            "tslib_borders"]

@@ -15,9 +15,7 @@ from torch import nn
 from transformers import CLIPTextModel
 
 from timesclip.config import TrainConfig
-
-#: Keeps instance normalisation finite on a constant series.
-_EPS = 1e-5
+from timesclip.model.revin import instance_norm
 
 
 class LanguageBranch(nn.Module):
@@ -31,9 +29,9 @@ class LanguageBranch(nn.Module):
     def __init__(self, text_model: CLIPTextModel, config: TrainConfig, *,
                  pretrained: bool) -> None:
         super().__init__()
-        self.input_steps = config.input_steps
-        self.patch_length = config.patch_length
-        self.stride = config.stride
+        self.input_steps = config.window_steps  # input_steps (yield) or lookback (forecast)
+        self.patch_length = config.resolved("patch_length")
+        self.stride = config.resolved("stride")
         self.n_patches = config.n_patches
         self.bf16 = config.precision == "bf16"  # the text encoder under bf16 autocast
         width = int(text_model.config.hidden_size)
@@ -71,11 +69,12 @@ class LanguageBranch(nn.Module):
         if x.dim() != 3 or x.shape[1] != self.input_steps:
             raise ValueError(f"expected x of shape [B, {self.input_steps}, V], "
                              f"got {tuple(x.shape)}")
-        b, _, v = x.shape
-        series = x.permute(0, 2, 1)  # [B, V, T]
-        mean = series.mean(dim=-1, keepdim=True)
-        std = torch.sqrt(series.var(dim=-1, keepdim=True, unbiased=False) + _EPS)
-        series = (series - mean) / std  # [B, V, T] instance-normalised per variate
+        series, _, _ = instance_norm(x.permute(0, 2, 1))  # [B, V, T] per variate
+        return self.embed_normalised(series)
+
+    def embed_normalised(self, series: torch.Tensor) -> torch.Tensor:
+        """series [B, V, T] already instance-normalised -> encoder input [B*V, P+1, H]."""
+        b, v, _ = series.shape
         patches = series.unfold(-1, self.patch_length, self.stride)  # [B, V, P, L]
         tokens = self.tokenizer(patches)  # [B, V, P, H]
         tokens = tokens.reshape(b * v, self.n_patches, -1)  # [B*V, P, H]
@@ -99,6 +98,18 @@ class LanguageBranch(nn.Module):
         b, _, v = x.shape
         states = self.encode(self.embed(x))  # [B*V, P+1, H]
         return self.out(states[:, 0]).reshape(b, v, -1)  # [B, V, D]
+
+    def forward_tokens(self, series: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """series [B, V, T] instance-normalised -> (CLS_text [B, V, D], patch tokens
+        [B, V, P, D]): the forecasting head reads every patch's output, projected to d_model
+        by the same map as the [CLS]."""
+        if series.dim() != 3 or series.shape[2] != self.input_steps:
+            raise ValueError(f"expected series of shape [B, V, {self.input_steps}], "
+                             f"got {tuple(series.shape)}")
+        b, v, _ = series.shape
+        states = self.out(self.encode(self.embed_normalised(series)))  # [B*V, P+1, D]
+        states = states.reshape(b, v, self.n_patches + 1, -1)  # [B, V, P+1, D]
+        return states[:, :, 0], states[:, :, 1:]  # [B, V, D], [B, V, P, D]
 
 
 __all__ = ["LanguageBranch"]
