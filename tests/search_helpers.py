@@ -144,8 +144,9 @@ def check_consistent(exp: Path, num_samples: int) -> dict[str, Any]:
     assert sorted(table["trial_id"]) == sorted(state.trials)
     assert (table["status"] != "ERROR").all(), table[["trial_id", "status", "error"]]
 
-    study = open_stored_study(exp / OPTUNA_JOURNAL,
-                              json.loads((exp / "search_meta.json").read_text())["name"])
+    meta = json.loads((exp / "search_meta.json").read_text())
+    metric = meta.get("metric", "val_rmse")
+    study = open_stored_study(exp / OPTUNA_JOURNAL, meta["name"])
     trials = study.get_trials(deepcopy=False)
     assert len(trials) == num_samples
     by_id = {row["trial_id"]: row for _, row in table.iterrows()}
@@ -156,13 +157,22 @@ def check_consistent(exp: Path, num_samples: int) -> dict[str, Any]:
         assert trial.number == journaled.index
         for name, value in trial.params.items():
             assert journaled.params[name] == value, (name, value)
-        intermediate = {e: h["val_rmse"] for e, h in journaled.history.items()}
+        intermediate = {e: h[metric] for e, h in journaled.history.items()}
         assert dict(trial.intermediate_values) == intermediate, row["trial_id"]
         if trial.state == optuna.trial.TrialState.COMPLETE:
-            assert trial.value == row["best_val_rmse"], row["trial_id"]
+            assert trial.value == row[f"best_{metric}"], row["trial_id"]
     return {"trials": len(state.trials), "drivers": len(state.segments),
             "interruptions": state.interruptions,
             "asha_stopped": int((table["stopped_by"] == "asha").sum())}
+
+
+def tb_scalars(directory: Path, tag: str) -> dict[int, float]:
+    """{step: value} of one TensorBoard tag in the event files under `directory`."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(directory), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {int(e.step): float(e.value) for e in acc.Scalars(tag)}
 
 
 def signal_name(code: int) -> str:

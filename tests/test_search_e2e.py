@@ -24,7 +24,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from search_helpers import journal_events
+from real_data import forecast_csv, illinois_csvs
+from search_helpers import journal_events, tb_scalars
 
 from tuner.layout import OPTUNA_JOURNAL
 from tuner.report import CONTRACT_COLUMNS
@@ -249,14 +250,6 @@ def test_acceptance_optuna_recorded_every_trial(acceptance):
     assert line in (exp / "report" / "index.html").read_text()
 
 
-def _tb_scalars(directory: Path, tag: str) -> dict[int, float]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(directory), size_guidance={"scalars": 0})
-    acc.Reload()
-    return {int(e.step): float(e.value) for e in acc.Scalars(tag)}
-
-
 @pytest.mark.e2e
 def test_acceptance_best_config_retrains(acceptance, tmp_path):
     """`python -m timesclip train --config best_config.yaml` on the same data and machine
@@ -289,7 +282,7 @@ def test_acceptance_best_config_retrains(acceptance, tmp_path):
     # every epoch the trial ran, repeated exactly (TensorBoard keeps float32 values)
     for tag, name in (("Metrics/RMSE", "val_rmse"), ("Loss/val", "val_loss"),
                       ("Loss/train", "train_loss")):
-        rerun = _tb_scalars(out / "tb", tag)
+        rerun = tb_scalars(out / "tb", tag)
         for epoch, metrics in trial.history.items():
             assert rerun[epoch] == float(np.float32(metrics[name])), (tag, epoch)
     print(f"[info] trial {tid}: {len(trial.history)} epoch(s) repeated exactly")
@@ -572,6 +565,14 @@ PREFLIGHT = {
                              "object-store URIs are not supported"),
     "resume-unknown": (["--space", "quick", "--name", "nothing-here", "--resume"],
                        "is not an experiment of this tool"),
+    # a file of the other task, in both directions; a yield space on a forecasting task
+    "yield-space-on-forecast-file": (["--space", "quick", "--data", "{etth1}"],
+                                     "looks like a forecasting file"),
+    "forecast-space-on-yield-file": (["--space", "forecast", "--data", "{yield_csv}"],
+                                     "looks like a yield file"),
+    "yield-metric-for-forecast": (["--space", "quick", "--task", "forecast", "--data",
+                                   "{etth1}"],
+                                  "budget.metric val_rmse is not reported by a forecast run"),
 }
 
 
@@ -589,7 +590,8 @@ def preflight_runs(tmp_path_factory):
         storage = root / case
         (storage / "taken").mkdir(parents=True)
         (storage / "taken" / "search_meta.json").write_text("{}")
-        args = [a.format(bad_space=bad_space, tmp=root) for a in args]
+        args = [a.format(bad_space=bad_space, tmp=root, etth1=forecast_csv("ETTh1"),
+                         yield_csv=illinois_csvs()[0]) for a in args]
         if "--name" not in args:
             args += ["--name", "fresh"]
         if "--storage" not in args:

@@ -75,6 +75,11 @@ def better(value: float, best: float | None, mode: str) -> bool:
 # ----------------------------------------------------------------------------- forecasting
 #: Metric names of a forecasting split (metrics.json `val`/`test`, baselines), CONTRACT.
 FORECAST_METRICS = ("mse", "mae")
+#: A yield run's metrics (`regression_metrics`), in table order.
+YIELD_METRICS = ("rmse", "mae", "r2", "mape")
+#: Each task's split metrics, in table order; the first is the task's error metric (the
+#: default monitor and search metric is `val_` + it).
+TASK_METRICS = {"yield": YIELD_METRICS, "forecast": FORECAST_METRICS}
 
 
 class ForecastErrors:

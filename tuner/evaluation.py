@@ -1,5 +1,11 @@
 """The test split, scored once per experiment, for the configuration the search selected.
 
+A yield search stores the per-sample predictions and the attention; a forecasting search
+the MSE / MAE over every test window, a few example windows, the error per horizon step,
+the attention, and its references (naive, and DLinear trained on the same training windows)
+so that no report trains DLinear again.
+
+
 `score_best_once` picks the trial with `tuner.outcomes.select_best` (validation only), loads
 the `best.pt` of its last journaled checkpoint — the weights of the epoch with its best
 monitored value, which is the search metric (the plan sets the trainer's `monitor` to it) —
@@ -20,26 +26,31 @@ from typing import Any
 
 from timesclip.atomic import write_text
 from timesclip.checkpoint import BEST, safe_load
-from timesclip.data import DataBundle
+from timesclip.data import Bundle, ForecastBundle
 from timesclip.features import feature_key
-from timesclip.inference import load_for_inference, predict_with_attention
-from timesclip.metrics import regression_metrics
+from timesclip.forecast_baselines import forecast_baselines
+from timesclip.forecast_plots import examples_frame, horizon_frame
+from timesclip.inference import evaluate_forecast, load_for_inference, predict_with_attention
+from timesclip.metrics import TASK_METRICS, regression_metrics
 from timesclip.plots import attention_frame, predictions_frame, write_csv
 from tuner.journal import ExperimentState
 from tuner.layout import (
     BEST_ATTENTION_FILE,
+    BEST_EXAMPLES_FILE,
+    BEST_HORIZON_FILE,
     BEST_PREDICTIONS_FILE,
     BEST_TEST_FILE,
     TRIAL_ID,
     ExperimentLayout,
 )
 from tuner.outcomes import best_value, select_best
+from tuner.report.baselines import DLINEAR_SEED
 
 Echo = Callable[[str], None]
 
 
 def score_best_once(layout: ExperimentLayout, state: ExperimentState, *, metric: str,
-                    mode: str, data: DataBundle, base_feature_key: str,
+                    mode: str, data: Bundle, base_feature_key: str,
                     features: dict[str, Any] | None, echo: Echo) -> dict[str, Any] | None:
     """Score the selected trial on the test split unless that was done before; returns
     best_test.json's payload (None when no trial can be scored)."""
@@ -60,13 +71,18 @@ def score_best_once(layout: ExperimentLayout, state: ExperimentState, *, metric:
         "epoch", -1))
     model, config, scaler, bands, backbone = load_for_inference(ckdir, device="cpu")
     shared = features is not None and feature_key(config, data) == base_feature_key
-    split = data.test
-    y_pred, attention = predict_with_attention(
-        model, config, scaler, backbone, split.x_raw,
-        features=features["test"] if shared else None)
-    test = regression_metrics(split.y_raw, y_pred)
-    write_csv(predictions_frame(split.y_raw, y_pred, split.years, split.index),
-              layout.best_predictions)
+    test_features = features["test"] if shared else None
+    if isinstance(data, ForecastBundle):
+        files, test, attention = _score_forecast(layout, model, config, backbone, data,
+                                                 test_features, echo)
+    else:
+        split = data.test
+        y_pred, attention = predict_with_attention(model, config, scaler, backbone,
+                                                   split.x_raw, features=test_features)
+        test = regression_metrics(split.y_raw, y_pred)
+        write_csv(predictions_frame(split.y_raw, y_pred, split.years, split.index),
+                  layout.best_predictions)
+        files = {"predictions": BEST_PREDICTIONS_FILE}
     if attention is not None:
         write_csv(attention_frame(attention, bands), layout.best_attention, index=True)
     value, epoch = best_value(best.history, metric, mode)
@@ -78,15 +94,33 @@ def score_best_once(layout: ExperimentLayout, state: ExperimentState, *, metric:
                "epoch": weights_epoch, "test": test,
                "checkpoint": str(ckdir.relative_to(layout.root)),
                "evaluated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-               "predictions": BEST_PREDICTIONS_FILE,
+               **files,
                "attention": BEST_ATTENTION_FILE if attention is not None else None,
                "bands": [str(b) for b in bands],
                "use_variate_selection": bool(config.use_variate_selection)}
     write_text(layout.best_test, json.dumps(payload, indent=2) + "\n")
+    shown = ", ".join(f"{m.upper()} {test[m]:.4g}" for m in TASK_METRICS[config.task])
     echo(f"best trial {best.tid}: {metric} {value:.4f} (epoch {epoch}); test (evaluated "
-         f"once) RMSE {test['rmse']:.3f}, R2 {test['r2']:+.3f}, with the weights of epoch "
-         f"{weights_epoch}")
+         f"once) {shown}, with the weights of epoch {weights_epoch}")
     return payload
+
+
+def _score_forecast(layout: ExperimentLayout, model: Any, config: Any, backbone: Any,
+                    data: ForecastBundle, features: Any, echo: Echo
+                    ) -> tuple[dict[str, Any], dict[str, float], Any]:
+    """Every test window of a forecasting file, once: the metrics, the figures' CSVs, and
+    the references on the same windows. Returns (best_test.json fields, test metrics,
+    attention [V, V] or None)."""
+    result = evaluate_forecast(model, config, backbone, data.test, data.scaler,
+                               features=features)
+    write_csv(examples_frame(result), layout.best_examples)
+    write_csv(horizon_frame(result), layout.best_horizon)
+    echo(f"baselines: naive and DLinear on the same windows ({len(data.train)} training "
+         "windows) ...")
+    baselines = forecast_baselines(data, seed=DLINEAR_SEED, log=echo)
+    return ({"examples": BEST_EXAMPLES_FILE, "horizon": BEST_HORIZON_FILE,
+             "naive_on_test": result.naive, "baselines": baselines},
+            dict(result.metrics), result.attention)
 
 
 __all__ = ["score_best_once"]

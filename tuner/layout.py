@@ -9,6 +9,7 @@
       best_test.json                   the exported configuration's test score (once, ever)
       best_test_predictions.csv        ... its per-sample test predictions
       best_attention.csv               ... its mean variate-selection attention
+      best_test_examples.csv, best_test_horizon.csv   ... a forecasting search's figures' data
       trials/<dirname>/                one folder per trial (`trial_dirname`)
         train_config.yaml, final.json, TensorBoard events, checkpoint_<epoch>/ ...
       report/                          trials.csv, trials.parquet, summary.md, ... index.html
@@ -45,6 +46,10 @@ BEST_TEST_FILE = "best_test.json"
 BEST_PREDICTIONS_FILE = "best_test_predictions.csv"
 #: Its variate-selection attention [V, V] averaged over the test split (bands on both axes).
 BEST_ATTENTION_FILE = "best_attention.csv"
+#: A forecasting search's: a few test windows (history, truth, TimesCLIP, naive) ...
+BEST_EXAMPLES_FILE = "best_test_examples.csv"
+#: ... and the MSE per forecast step of TimesCLIP and naive.
+BEST_HORIZON_FILE = "best_test_horizon.csv"
 
 # ----------------------------------------------------------------------------- trials
 #: Ray's trial folders (and Ray's own state files) live under this sub-directory.
@@ -209,6 +214,14 @@ class ExperimentLayout:
         return self.root / BEST_ATTENTION_FILE
 
     @property
+    def best_examples(self) -> Path:
+        return self.root / BEST_EXAMPLES_FILE
+
+    @property
+    def best_horizon(self) -> Path:
+        return self.root / BEST_HORIZON_FILE
+
+    @property
     def trials(self) -> Path:
         return self.root / TRIALS_DIR
 
@@ -239,7 +252,8 @@ class ExperimentLayout:
 
 
 __all__ = ["ABLATION_CSV", "ABLATION_MD", "ASHA_RESTORED_FILE", "ASHA_STATE_FILE",
-           "BEST_ATTENTION_FILE", "BEST_CONFIG", "BEST_PREDICTIONS_FILE", "BEST_TEST_FILE",
+           "BEST_ATTENTION_FILE", "BEST_CONFIG", "BEST_EXAMPLES_FILE", "BEST_HORIZON_FILE",
+           "BEST_PREDICTIONS_FILE", "BEST_TEST_FILE",
            "CHECKPOINT_PREFIX", "FIGURES_DIR", "FINAL_FILE", "INDEX_HTML", "JOURNAL_FILE",
            "LEGACY_OPTUNA_DB", "LOCK_FILE", "META_FILE", "OPTUNA_JOURNAL", "REPORT_DIR",
            "SUMMARY_MD", "TRAIN_CONFIG_FILE", "TRIALS_CSV", "TRIALS_DIR", "TRIALS_PARQUET",

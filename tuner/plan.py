@@ -30,9 +30,10 @@ from typing import Any
 
 from timesclip.cli_args import DATA_FIELDS
 from timesclip.config import TrainConfig
-from timesclip.data import DataBundle, load_bundle
+from timesclip.data import Bundle, load_bundle
 from timesclip.errors import UserError
 from timesclip.feature_cache import default_cache_dir
+from timesclip.metrics import TASK_EPOCH_METRICS
 from timesclip.model import check_backbone
 from tuner.cluster import check_address
 from tuner.journal import load_state
@@ -69,7 +70,7 @@ class SearchPlan:
     scheduler: str  # asha | fifo
     layout: ExperimentLayout
     name: str
-    data: DataBundle
+    data: Bundle
     data_paths: tuple[str, ...] | None
     resume: bool
     address: str | None
@@ -123,7 +124,8 @@ class SearchPlan:
         budget = dataclasses.asdict(self.budget)
         meta = {
             "name": self.name, "space": self.space.name, "space_path": str(self.space.path),
-            "kind": self.kind, "metric": self.metric, "mode": self.mode,
+            "kind": self.kind, "task": self.base.task, "metric": self.metric,
+            "mode": self.mode,
             "backbone": self.base.backbone,
             "data": {"paths": [str(Path(p).resolve()) for p in self.data_paths]
                      if self.data_paths else None,
@@ -269,6 +271,13 @@ def _base_config(space: SearchSpace, args: argparse.Namespace, budget: Budget,
             if held is not None and held != value:
                 echo(f"note: {key} {held} of --config -> {value} (the search's "
                      f"{'--max-epochs' if key == 'epochs' else 'metric'})")
+    task = overrides.get("task", config.task)
+    if budget.metric not in TASK_EPOCH_METRICS[task]:
+        raise UserError(f"{space.path}: budget.metric {budget.metric} is not reported by a "
+                        f"{task} run (it reports "
+                        f"{', '.join(m for m in TASK_EPOCH_METRICS[task] if m.startswith('val_'))}"
+                        "): use a space for this task (e.g. --space forecast for --task "
+                        "forecast) or set budget.metric")
     return TrainConfig.from_dict({**config.to_dict(), **overrides, **search},
                                  source="search flags")
 

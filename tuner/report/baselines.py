@@ -7,9 +7,15 @@ metrics in the yield's own units), so a model that cannot beat them is visible a
 the training mean (the floor), ridge regression (the linear reference) and gradient boosting
 on the same flattened window (the strongest classical reference a reviewer would ask for).
 
+A forecasting experiment's references are those of Time-Series-Library tables: repeat the
+last value (naive) and DLinear trained with TSLib's recipe on the same training windows
+(`timesclip.forecast_baselines`), MSE / MAE on the standardised scale over every window.
+
 `reference_results` is the report's side: it reloads the experiment's data from
 `search_meta.json` (unless given) and fits the references only when the data still has the
 fingerprint the search recorded, so the references always score the search's own split.
+A finished forecasting search stored its references in best_test.json when it scored the
+test split (`stored_references`): DLinear is not trained again for every report.
 """
 
 from __future__ import annotations
@@ -22,24 +28,29 @@ from typing import Any
 import numpy as np
 
 from timesclip.config import TrainConfig
-from timesclip.data import DataBundle, load_bundle
+from timesclip.data import DataBundle, ForecastBundle, load_bundle
 from timesclip.errors import UserError
+from timesclip.forecast_baselines import forecast_baselines
 from timesclip.metrics import better, regression_metrics
 from tuner.journal import clip_line
 from tuner.layout import META_FILE
 
-#: The reference rows, in the order every table lists them (after the ablation arms).
-REFERENCE_ROWS = ("mean", "ridge", "hgb")
+#: Each task's reference rows, in the order every table lists them (after the arms).
+REFERENCE_ROWS = {"yield": ("mean", "ridge", "hgb"), "forecast": ("naive", "dlinear")}
 #: What each reference is, in summary.md / ablation.md / the ablation table's meaning column.
 REFERENCE_MEANINGS = {
     "mean": "reference: predict the training mean",
     "ridge": "reference: ridge regression on the flattened input window",
     "hgb": "reference: gradient boosting on the flattened input window",
+    "naive": "reference: repeat the last value of the lookback",
+    "dlinear": "reference: DLinear (trend/seasonal + linear), TSLib's recipe",
 }
 #: ... and in the page's headline table.
 REFERENCE_LABELS = {"mean": "reference: training mean",
                     "ridge": "reference: ridge regression",
-                    "hgb": "reference: gradient boosting (HistGradientBoostingRegressor)"}
+                    "hgb": "reference: gradient boosting (HistGradientBoostingRegressor)",
+                    "naive": "reference: naive (repeat the last value)",
+                    "dlinear": "reference: DLinear"}
 
 #: Ridge penalties tried on the validation split (scaled inputs, scaled target).
 RIDGE_ALPHAS: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)
@@ -53,14 +64,16 @@ HGB_GRID: tuple[dict[str, Any], ...] = (
 )
 #: Seed of the gradient-boosting fits (the report is rebuilt byte for byte).
 HGB_SEED = 0
+#: Seed of DLinear's training (the same reason).
+DLINEAR_SEED = 0
 
 
 @dataclass
 class BaselineResult:
     """Test metrics of one reference predictor (own units) and how it was fitted."""
 
-    name: str  # "mean" | "ridge" | "hgb"
-    test: dict[str, float]  # {"rmse", "mae", "r2", "mape"} on the test split
+    name: str  # a REFERENCE_ROWS name
+    test: dict[str, float]  # the task's metrics on the test split
     val: dict[str, float]  # same metrics on the validation split
     params: int  # number of fitted numbers (all trainable)
     detail: str  # one line for the table's note column
@@ -183,6 +196,32 @@ def reference_baselines(data: DataBundle, *,
     return out
 
 
+def forecast_references(data: ForecastBundle, *, echo: Callable[[str], Any] | None = None
+                        ) -> list[BaselineResult]:
+    """naive and DLinear on the experiment's windows (DLinear trained here, seeded)."""
+    if echo is not None:
+        echo(f"baselines: DLinear on {len(data.train)} training windows ...")
+    found = forecast_baselines(data, seed=DLINEAR_SEED, log=echo)
+    return [_forecast_result(name, found[name]) for name in REFERENCE_ROWS["forecast"]
+            if name in found]
+
+
+def _forecast_result(name: str, scores: dict[str, dict[str, float]]) -> BaselineResult:
+    detail = ("repeats the lookback's last value for every step" if name == "naive" else
+              f"trend/seasonal decomposition + linear, TSLib's recipe, seed {DLINEAR_SEED}")
+    return BaselineResult(name=name, test=dict(scores["test"]), val=dict(scores["val"]),
+                          params=0, detail=detail)
+
+
+def stored_references(best_test: dict[str, Any] | None) -> list[BaselineResult] | None:
+    """The references a forecasting search stored beside its one test score, if any."""
+    stored = (best_test or {}).get("baselines")
+    if not isinstance(stored, dict):
+        return None
+    return [_forecast_result(name, stored[name]) for name in REFERENCE_ROWS["forecast"]
+            if name in stored]
+
+
 def reference_results(meta: dict[str, Any], data_bundle: DataBundle | None, *,
                       echo: Callable[[str], Any] | None = None
                       ) -> tuple[list[BaselineResult] | None, str]:
@@ -203,11 +242,14 @@ def reference_results(meta: dict[str, Any], data_bundle: DataBundle | None, *,
         return None, (f"data changed since the search (fingerprint {got} now, {expected} "
                       f"in {META_FILE})")
     try:
+        if isinstance(data_bundle, ForecastBundle):
+            return forecast_references(data_bundle, echo=echo), ""
         return reference_baselines(data_bundle, echo=echo), ""
     except (ValueError, np.linalg.LinAlgError) as exc:
         return None, f"baseline fit failed ({clip_line(str(exc), 120)})"
 
 
-__all__ = ["HGB_GRID", "HGB_SEED", "REFERENCE_LABELS", "REFERENCE_MEANINGS", "REFERENCE_ROWS",
-           "RIDGE_ALPHAS", "BaselineResult", "hgb_baseline", "mean_baseline",
-           "reference_baselines", "reference_results", "ridge_baseline"]
+__all__ = ["DLINEAR_SEED", "HGB_GRID", "HGB_SEED", "REFERENCE_LABELS", "REFERENCE_MEANINGS",
+           "REFERENCE_ROWS", "RIDGE_ALPHAS", "BaselineResult", "forecast_references",
+           "hgb_baseline", "mean_baseline", "reference_baselines", "reference_results",
+           "ridge_baseline", "stored_references"]

@@ -40,7 +40,7 @@ from tuner.layout import (
     TRIALS_PARQUET,
 )
 from tuner.outcomes import select_best
-from tuner.report.baselines import BaselineResult, reference_results
+from tuner.report.baselines import BaselineResult, reference_results, stored_references
 from tuner.report.export import BestTrial, export_best_config, exportable
 from tuner.report.html import write_html_report
 from tuner.report.markdown import write_ablation_md, write_summary
@@ -84,7 +84,7 @@ def build_report(experiment_dir: str | Path, *, data_bundle: DataBundle | None =
                  echo: Echo = print, progress_echo: Echo | None = None) -> ReportPaths:
     """Rebuild STORAGE/NAME/report/ from what is stored; all files appear together or none.
 
-    `data_bundle` (a timesclip.data.DataBundle) is used for the reference rows; when
+    `data_bundle` (the experiment's data bundle, either task) is used for the reference rows; when
     omitted it is rebuilt from search_meta.json and must match the stored data fingerprint.
     `echo` receives one line naming the report and its files, then one line per note (files
     skipped and why); `progress_echo` (default: `echo`) the progress of the slower steps.
@@ -101,12 +101,14 @@ def build_report(experiment_dir: str | Path, *, data_bundle: DataBundle | None =
     references: list[BaselineResult] | None = None
     if exp.kind == "ablation":
         references, reason = _references(exp, data_bundle, notes, progress_echo)
-        ablation = ablation_table(trials, references, reason)
+        ablation = ablation_table(trials, references, reason, exp.meta)
         notes.append(f"{BEST_CONFIG} not written: an ablation compares fixed arms, it is "
                      "not a search")
     else:
         if exp.best_test is not None:  # the exported config's test score next to baselines
-            references, _ = _references(exp, data_bundle, notes, progress_echo)
+            references = stored_references(exp.best_test)  # a forecasting search's, if any
+            if references is None:
+                references, _ = _references(exp, data_bundle, notes, progress_echo)
         if not progress.finished:
             notes.append(f"{BEST_CONFIG} not written: the search is interrupted "
                          f"({progress.ended} of {progress.total} trials finished); continue "

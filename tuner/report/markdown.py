@@ -26,11 +26,11 @@ from tuner.layout import (
     TRIAL_ID,
 )
 from tuner.outcomes import Status, StopReason
-from tuner.report.baselines import REFERENCE_MEANINGS, BaselineResult
+from tuner.report.baselines import REFERENCE_MEANINGS, REFERENCE_ROWS, BaselineResult
 from tuner.report.export import BestTrial
-from tuner.report.read import Progress
+from tuner.report.read import Progress, metrics_of, task_of
 from tuner.report.tables import METRICS, config_columns
-from tuner.report.text import backbone_line, data_line, fmt, pm, proposers_line
+from tuner.report.text import METRIC_NAMES, backbone_line, data_line, fmt, pm, proposers_line
 
 #: The rung table's count columns: every way a trial can end, and nothing else.
 RUNG_COLUMNS = {StopReason.ASHA: "stopped by ASHA", StopReason.EARLY_STOPPING: "early stopping",
@@ -154,21 +154,22 @@ def write_summary(path: Path, meta: dict[str, Any], trials: pd.DataFrame,
 
     out += [f"## Top {min(5, len(trials))} trials (validation {metric})", ""]
     out.append(markdown_table(
-        ["rank", TRIAL_ID, "best_val_rmse", "best epoch", "epochs", "ended by", "params"],
-        [[i + 1, r[TRIAL_ID], fmt(r["best_val_rmse"]), fmt(r["best_epoch"]),
+        ["rank", TRIAL_ID, f"best_{metric}", "best epoch", "epochs", "ended by", "params"],
+        [[i + 1, r[TRIAL_ID], fmt(r[f"best_{metric}"]), fmt(r["best_epoch"]),
           r["epochs_run"], r["stopped_by"], _key_params(r, names)]
          for i, (_, r) in enumerate(trials.head(5).iterrows())]))
     out.append("")
     out += _failures(trials)
     if kind == "ablation":
+        refs = ", ".join(REFERENCE_ROWS[task_of(meta)])
         out += ["## Ablation", "", f"See {ABLATION_MD} / {ABLATION_CSV} (test split, mean ± "
-                "std over seeds, with the mean, ridge and gradient-boosting (hgb) reference "
-                f"rows). {BEST_CONFIG} is not written for an ablation experiment: its arms are "
-                "fixed switch settings, not a search.", ""]
+                f"std over seeds, with the reference rows {refs}). {BEST_CONFIG} is not "
+                "written for an ablation experiment: its arms are fixed switch settings, not "
+                "a search.", ""]
         if ablation is not None:
-            out += [ablation_markdown_table(ablation), ""]
+            out += [ablation_markdown_table(ablation, metrics_of(meta)), ""]
     else:
-        out += _best_section(metric, best, best_test, references)
+        out += _best_section(metric, best, best_test, references, metrics_of(meta))
     if notes:
         out += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
     path.write_text("\n".join(out))
@@ -194,7 +195,8 @@ def _failures(trials: pd.DataFrame) -> list[str]:
 
 
 def _best_section(metric: str, best: BestTrial | None, best_test: dict[str, Any] | None,
-                  references: list[BaselineResult] | None) -> list[str]:
+                  references: list[BaselineResult] | None,
+                  metrics: Sequence[str]) -> list[str]:
     out = ["## Best configuration", ""]
     if best is None:
         return out + [f"No trial without an error has both a finite {metric} and a stored "
@@ -207,30 +209,31 @@ def _best_section(metric: str, best: BestTrial | None, best_test: dict[str, Any]
         test = best_test.get("test") or {}
         out.append("- test split, evaluated once for the exported configuration"
                    f" (trial `{best_test.get('trial_id')}`): "
-                   + ", ".join(f"{k.upper()} {fmt(test.get(k))}" for k in METRICS))
+                   + ", ".join(f"{METRIC_NAMES[k]} {fmt(test.get(k))}" for k in metrics))
         if str(best_test.get(TRIAL_ID)) != best.trial_id:
             out.append(f"- note: {BEST_TEST_FILE} was evaluated for trial "
                        f"`{best_test.get('trial_id')}`, not for `{best.trial_id}`")
         for ref in references or []:
             meaning = REFERENCE_MEANINGS.get(ref.name, ref.name)
             out.append(f"- {meaning} (same test split): "
-                       + ", ".join(f"{k.upper()} {fmt(ref.test.get(k))}" for k in METRICS))
+                       + ", ".join(f"{METRIC_NAMES[k]} {fmt(ref.test.get(k))}"
+                                   for k in metrics))
     else:
         out.append(f"- no {BEST_TEST_FILE}: the test split was not evaluated (search "
                    "interrupted or still running)")
     return out + [""]
 
 
-def ablation_markdown_table(table: pd.DataFrame) -> str:
-    """The ablation table as markdown (summary.md and ablation.md)."""
+def ablation_markdown_table(table: pd.DataFrame, metrics: Sequence[str] = METRICS) -> str:
+    """The ablation table as markdown (summary.md and ablation.md), in the task's metrics."""
     rows = [[r["row"], r["meaning"], r["n"],
-             *(pm(r[f"test_{m}_mean"], r[f"test_{m}_std"]) for m in METRICS),
+             *(pm(r[f"test_{m}_mean"], r[f"test_{m}_std"]) for m in metrics),
              fmt(r["train_seconds_mean"], 3), fmt(r["params_total"]),
              fmt(r["params_trainable"]), fmt(r["params_frozen"]), r["note"]]
             for _, r in table.iterrows()]
-    return markdown_table(["row", "meaning", "n", "test RMSE", "test MAE", "test R²",
-                           "test MAPE %", "train s (mean)", "params total", "trainable",
-                           "frozen", "note"], rows)
+    return markdown_table(["row", "meaning", "n", *(f"test {METRIC_NAMES[m]}" for m in metrics),
+                           "train s (mean)", "params total", "trainable", "frozen", "note"],
+                          rows)
 
 
 def write_ablation_md(path: Path, meta: dict[str, Any], table: pd.DataFrame) -> None:
@@ -241,13 +244,23 @@ def write_ablation_md(path: Path, meta: dict[str, Any], table: pd.DataFrame) -> 
            f"- {data_line(meta)}",
            f"- mean ± std over up to {seeds} seeds (column n = finished seeds), test split; "
            "std is the sample standard deviation (ddof=1) and is omitted when n = 1",
-           "- RMSE / MAE in the yield's own units, MAPE in percent; R² < 0 is worse than "
-           "predicting the test mean",
-           "- reference rows `mean`, `ridge` and `hgb` (gradient boosting) are fitted on the "
-           "same train split (ridge alpha and the hgb setting chosen on val) and scored once "
-           "on the same test split", "",
-           ablation_markdown_table(table), ""]
+           *_units_lines(meta), "",
+           ablation_markdown_table(table, metrics_of(meta)), ""]
     path.write_text("\n".join(out))
+
+
+def _units_lines(meta: dict[str, Any]) -> list[str]:
+    """What the numbers of an ablation table are, and what its reference rows are."""
+    if task_of(meta) == "forecast":
+        return ["- MSE / MAE on the standardised scale over every test window "
+                "(Time-Series-Library's protocol)",
+                "- reference rows `naive` (repeat the last value) and `dlinear` (trained with "
+                "TSLib's recipe on the same training windows) scored on the same windows"]
+    return ["- RMSE / MAE in the yield's own units, MAPE in percent; R² < 0 is worse than "
+            "predicting the test mean",
+            "- reference rows `mean`, `ridge` and `hgb` (gradient boosting) are fitted on the "
+            "same train split (ridge alpha and the hgb setting chosen on val) and scored once "
+            "on the same test split"]
 
 
 __all__ = ["RUNG_COLUMNS", "ablation_markdown_table", "asha_rungs", "markdown_table",

@@ -22,6 +22,7 @@ import pandas as pd
 import yaml
 
 from timesclip.errors import UserError
+from timesclip.metrics import TASK_METRICS
 from tuner.journal import ExperimentState, TrialState, load_state
 from tuner.layout import (
     BEST_TEST_FILE,
@@ -81,10 +82,24 @@ class Progress:
     signals: list[str] = field(default_factory=list)  # how each interrupted run ended
 
 
+def task_of(meta: dict[str, Any]) -> str:
+    """The experiment's task (yield | forecast); experiments of earlier versions: yield."""
+    return str(meta.get("task") or (meta.get("base_config") or {}).get("task") or "yield")
+
+
+def metrics_of(meta: dict[str, Any]) -> tuple[str, ...]:
+    """The task's split metrics, in table order (timesclip.metrics.TASK_METRICS)."""
+    return TASK_METRICS[task_of(meta)]
+
+
 class MetaFields:
     """What search_meta.json says an experiment is, with the defaults of earlier versions."""
 
     meta: dict[str, Any]
+
+    @property
+    def task(self) -> str:
+        return task_of(self.meta)
 
     @property
     def kind(self) -> str:
@@ -221,11 +236,12 @@ def checked_best_test(layout: ExperimentLayout, best_test: dict[str, Any] | None
     (UnsafePathError otherwise: the report stops in one line, it never reads elsewhere)."""
     if best_test is None:
         return None
-    for key in ("predictions", "attention", "checkpoint"):
+    for key in ("predictions", "attention", "checkpoint", "examples", "horizon"):
         if best_test.get(key):
             layout.inside(str(best_test[key]), f"{BEST_TEST_FILE} ({key})")
     return best_test
 
 
-__all__ = ["Experiment", "Progress", "TrialRecord", "experiment_root", "history_frame",
-           "load_meta", "load_trials", "read_experiment", "read_json", "read_yaml"]
+__all__ = ["Experiment", "MetaFields", "Progress", "TrialRecord", "experiment_root",
+           "history_frame", "load_meta", "load_trials", "metrics_of", "read_experiment",
+           "read_json", "read_yaml", "task_of"]

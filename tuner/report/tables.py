@@ -22,25 +22,40 @@ import numpy as np
 import pandas as pd
 
 from timesclip.config import ABLATION_MEANINGS, ABLATIONS
-from timesclip.metrics import better
+from timesclip.metrics import YIELD_METRICS, better
 from tuner.journal import as_float
 from tuner.layout import TRIAL_ID
 from tuner.outcomes import Status, best_value
 from tuner.report.baselines import REFERENCE_MEANINGS, REFERENCE_ROWS, BaselineResult
-from tuner.report.read import TrialRecord
+from tuner.report.read import TrialRecord, metrics_of, task_of
 
 #: Columns every trials table has, in this order (CONTRACT) — followed by extras and config.*.
 CONTRACT_COLUMNS = [TRIAL_ID, "status", "epochs_run", "best_val_rmse", "last_val_rmse",
                     "wall_seconds", "error"]
-#: Further columns, after the CONTRACT ones and before config.<field>.
-EXTRA_COLUMNS = ["stopped_by", "proposed_by", "node", "best_epoch", "best_val_mae", "best_val_r2",
-                 "best_val_mape", "best_val_loss", "test_rmse", "test_mae", "test_r2",
-                 "test_mape", "params_total", "params_trainable", "params_frozen",
-                 "train_seconds", "backbone", "num_failures", "retry_errors", "trial_dir"]
-#: Test metrics of a trial (final.json) and of the references, in table order.
-METRICS = ("rmse", "mae", "r2", "mape")
-#: Validation metrics whose value at the best epoch gets a best_* column.
-BEST_COLUMNS = ("val_rmse", "val_mae", "val_r2", "val_mape", "val_loss")
+#: Test metrics of a yield trial (final.json) and of its references, in table order (the
+#: forecasting task's are mse, mae: `metrics_of(meta)`).
+METRICS = YIELD_METRICS
+
+
+def extra_columns(meta: dict[str, Any]) -> list[str]:
+    """The columns after the CONTRACT ones and before config.<field>: the task's validation
+    metrics at the best epoch, val_loss there, the search metric if it is none of those,
+    the task's test metrics, then the trial's bookkeeping."""
+    metrics = metrics_of(meta)
+    best = [f"best_val_{m}" for m in metrics if f"best_val_{m}" not in CONTRACT_COLUMNS]
+    best.append("best_val_loss")
+    metric = f"best_{meta.get('metric', 'val_rmse')}"
+    if metric not in CONTRACT_COLUMNS + best:
+        best.append(metric)
+    last = [f"last_val_{m}" for m in metrics[:1] if f"last_val_{m}" not in CONTRACT_COLUMNS]
+    return ["stopped_by", "proposed_by", "node", "best_epoch", *best, *last,
+            *(f"test_{m}" for m in metrics), "params_total", "params_trainable",
+            "params_frozen", "train_seconds", "backbone", "num_failures", "retry_errors",
+            "trial_dir"]
+
+
+#: The extra columns of a yield search (the forecasting task's: `extra_columns(meta)`).
+EXTRA_COLUMNS = extra_columns({"metric": "val_rmse"})
 #: TrainConfig switches an ablation arm sets (columns of the ablation kind's trials table).
 ABLATION_SWITCHES = ("use_vision", "use_contrastive", "use_variate_selection",
                      "language_backbone")
@@ -102,16 +117,18 @@ def _row(rec: TrialRecord, meta: dict[str, Any], metric: str, mode: str,
         "best_epoch": pd.NA,
     }
     epochs = rec.epochs
+    metrics = metrics_of(meta)
     _, best_epoch = best_value(epochs, metric, mode)
     at_best = epochs[best_epoch] if best_epoch is not None else {}
-    for name in dict.fromkeys((*BEST_COLUMNS, metric)):
+    for name in dict.fromkeys((*(f"val_{m}" for m in metrics), "val_loss", metric)):
         row[f"best_{name}"] = as_float(at_best.get(name))
     if best_epoch is not None:
         row["best_epoch"] = int(best_epoch)
-    if "val_rmse" in hist:
-        row["last_val_rmse"] = as_float(hist["val_rmse"].iloc[-1])
+    for name in ("val_rmse", f"val_{metrics[0]}"):
+        if name in hist:
+            row[f"last_{name}"] = as_float(hist[name].iloc[-1])
     test = final.get("test") or {}
-    for name in METRICS:
+    for name in metrics:
         row[f"test_{name}"] = as_float(test.get(name))
     params = final.get("params") or {}
     for name in ("total", "trainable", "frozen"):
@@ -157,10 +174,7 @@ def trials_table(records: Sequence[TrialRecord], meta: dict[str, Any]) -> pd.Dat
     config_names = config_columns(meta)
     rows = [_row(rec, meta, metric, mode, config_names) for rec in records]
     rows.sort(key=_selection_order(mode, f"best_{metric}"))
-    extras = list(EXTRA_COLUMNS)
-    if f"best_{metric}" not in CONTRACT_COLUMNS + extras:
-        extras.insert(extras.index("best_val_loss") + 1, f"best_{metric}")
-    columns = CONTRACT_COLUMNS + extras + [f"config.{n}" for n in config_names]
+    columns = CONTRACT_COLUMNS + extra_columns(meta) + [f"config.{n}" for n in config_names]
     return _tidy_types(pd.DataFrame(rows, columns=columns))
 
 
@@ -187,13 +201,16 @@ def _tidy_types(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def ablation_table(trials: pd.DataFrame, references: list[BaselineResult] | None,
-                   reference_note: str) -> pd.DataFrame:
-    """Rows E1..E5 (mean and sample std over finished seeds) plus the reference baselines."""
+                   reference_note: str, meta: dict[str, Any] | None = None) -> pd.DataFrame:
+    """Rows E1..E5 (mean and sample std over finished seeds) plus the reference baselines,
+    in the task's metrics (meta: search_meta.json; omitted: a yield experiment)."""
+    meta = meta or {}
+    metrics, primary = metrics_of(meta), f"test_{metrics_of(meta)[0]}"
     rows = []
     arms = trials["config.ablation"].astype(str) if "config.ablation" in trials else None
     for arm in ABLATIONS:
         sub = trials[arms == arm] if arms is not None else trials.iloc[0:0]
-        done = sub[np.isfinite(pd.to_numeric(sub["test_rmse"], errors="coerce").astype(float))]
+        done = sub[np.isfinite(pd.to_numeric(sub[primary], errors="coerce").astype(float))]
         if "config.seed" in done:
             done = done.sort_values("config.seed", kind="stable")
         n = len(done)
@@ -201,7 +218,7 @@ def ablation_table(trials: pd.DataFrame, references: list[BaselineResult] | None
                                "n": n, "trials": len(sub)}
         row["seeds"] = ",".join(str(s) for s in done["config.seed"]) \
             if "config.seed" in done else ""
-        for name in METRICS:
+        for name in metrics:
             values = done[f"test_{name}"].astype(float).to_numpy()
             row[f"test_{name}_mean"] = float(values.mean()) if n else float("nan")
             row[f"test_{name}_std"] = float(values.std(ddof=1)) if n > 1 else float("nan")
@@ -220,11 +237,11 @@ def ablation_table(trials: pd.DataFrame, references: list[BaselineResult] | None
         else:
             row["note"] = ""
         rows.append(row)
-    for name in REFERENCE_ROWS:
+    for name in REFERENCE_ROWS[task_of(meta)]:
         ref = next((r for r in references or [] if r.name == name), None)
         row = {"row": name, "kind": "reference", "meaning": REFERENCE_MEANINGS[name],
                "n": 1 if ref is not None else 0, "trials": 0, "seeds": ""}
-        for metric in METRICS:
+        for metric in metrics:
             row[f"test_{metric}_mean"] = float(ref.test[metric]) if ref else float("nan")
             row[f"test_{metric}_std"] = float("nan")
         row["train_seconds_mean"] = float("nan")  # kept out: a timing would differ per rebuild
@@ -238,5 +255,5 @@ def ablation_table(trials: pd.DataFrame, references: list[BaselineResult] | None
     return frame
 
 
-__all__ = ["ABLATION_SWITCHES", "BEST_COLUMNS", "CONTRACT_COLUMNS", "EXTRA_COLUMNS", "METRICS",
+__all__ = ["ABLATION_SWITCHES", "CONTRACT_COLUMNS", "EXTRA_COLUMNS", "METRICS", "extra_columns",
            "ablation_table", "config_columns", "trials_table"]

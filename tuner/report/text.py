@@ -19,6 +19,10 @@ METRIC_LABELS = {"val_rmse": "validation RMSE", "val_mae": "validation MAE",
                  "val_loss": "validation loss", "val_mse": "validation MSE"}
 
 
+#: How a split metric is named in a table header (test RMSE, test R², ...).
+METRIC_NAMES = {"rmse": "RMSE", "mae": "MAE", "r2": "R²", "mape": "MAPE %", "mse": "MSE"}
+
+
 def fmt(value: Any, digits: int = 4) -> str:
     """Compact number formatting for tables; missing values print as '–'."""
     if value is None or value is pd.NA:
@@ -92,5 +96,5 @@ def short(exc: BaseException, limit: int = 160) -> str:
     return clip_line(str(exc), limit) or type(exc).__name__
 
 
-__all__ = ["METRIC_LABELS", "backbone_line", "data_line", "fmt", "metric_label", "pm",
-           "proposers_line", "provenance", "short"]
+__all__ = ["METRIC_LABELS", "METRIC_NAMES", "backbone_line", "data_line", "fmt",
+           "metric_label", "pm", "proposers_line", "provenance", "short"]

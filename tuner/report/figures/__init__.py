@@ -4,7 +4,8 @@ drawing, and the page section(s) it contributes.
 - `history`: search history (every epoch result, ASHA's stops, the best so far);
 - `curves`: learning curves of the best trials;
 - `importance`: parameter importance and parallel coordinates / slice (Optuna's plots);
-- `test_split`: the exported configuration's test predictions and attention;
+- `test_split`: the exported configuration's test predictions and attention (yield);
+- `forecast_test`: its test windows, error per horizon step and attention (forecasting);
 - `ablation`: E1–E5 against the reference predictors.
 
 Figures are PNG files in report/figures/ drawn by matplotlib (Optuna's matplotlib plots and
@@ -14,7 +15,14 @@ from. A figure that cannot be drawn gets a note in its place.
 
 from __future__ import annotations
 
-from tuner.report.figures import ablation, curves, history, importance, test_split
+from tuner.report.figures import (
+    ablation,
+    curves,
+    forecast_test,
+    history,
+    importance,
+    test_split,
+)
 from tuner.report.figures.ablation import ablation_bars, plot_ablation
 from tuner.report.figures.base import Drawer, FigureContext, Section
 from tuner.report.figures.curves import learning_curves, plot_learning_curves
@@ -37,7 +45,7 @@ def figure_sections(ctx: FigureContext, draw: Drawer) -> list[Section]:
     out += curves.sections(ctx, draw)
     if ctx.kind != "ablation":
         out += importance.sections(ctx, draw)
-        out += test_split.sections(ctx, draw)
+        out += (forecast_test if ctx.task == "forecast" else test_split).sections(ctx, draw)
     return out
 
 

@@ -20,18 +20,22 @@ from tuner.report.figures.base import Drawer, FigureContext, Section
 from tuner.report.text import fmt
 
 TITLE = "Ablation: test metrics per arm"
-#: The two panels: (metric, axis label).
-PANELS = (("rmse", "test RMSE (lower is better)"), ("r2", "test R² (higher is better)"))
-_STYLES = {"mean": ":", "ridge": "--", "hgb": "-."}
+#: The two panels per task: (metric, axis label).
+TASK_PANELS = {
+    "yield": (("rmse", "test RMSE (lower is better)"), ("r2", "test R² (higher is better)")),
+    "forecast": (("mse", "test MSE (lower is better)"), ("mae", "test MAE (lower is better)")),
+}
+PANELS = TASK_PANELS["yield"]
+_STYLES = {"mean": ":", "ridge": "--", "hgb": "-.", "naive": ":", "dlinear": "--"}
 
 
-def ablation_bars(table: pd.DataFrame) -> dict[str, Any]:
+def ablation_bars(table: pd.DataFrame, panels: Any = PANELS) -> dict[str, Any]:
     """Per panel metric: the arms' labels, means and stds (NaN std drawn as 0) and the
     references' finite values, from the ablation table."""
     arms = table[table["kind"] == "arm"]
     refs = table[table["kind"] == "reference"]
     out: dict[str, Any] = {"labels": [f"{r}\n(n={n})" for r, n in zip(arms["row"], arms["n"])]}
-    for metric, _ in PANELS:
+    for metric, _ in panels:
         refs_values = [(str(row), float(value)) for row, value
                        in zip(refs["row"], refs[f"test_{metric}_mean"].astype(float))]
         out[metric] = {
@@ -44,13 +48,15 @@ def ablation_bars(table: pd.DataFrame) -> dict[str, Any]:
     return out
 
 
-def plot_ablation(table: pd.DataFrame, *, caption: str) -> Figure:
-    """E1–E5 as bars (mean ± std over seeds) for test RMSE and R², references as lines."""
-    data = ablation_bars(table)
+def plot_ablation(table: pd.DataFrame, *, caption: str, task: str = "yield") -> Figure:
+    """E1–E5 as bars (mean ± std over seeds) for the task's two headline test metrics
+    (yield: RMSE and R²; forecast: MSE and MAE), references as lines."""
+    panels = TASK_PANELS[task]
+    data = ablation_bars(table, panels)
     fig = Figure(figsize=(11.0, 4.8), layout="constrained")
     axes = fig.subplots(1, 2)
     colors = matplotlib.colormaps["tab10"]
-    for ax, (metric, label) in zip(axes, PANELS):
+    for ax, (metric, label) in zip(axes, panels):
         panel = data[metric]
         x = np.arange(len(data["labels"]))
         ax.bar(x, panel["means"], yerr=panel["stds"], capsize=4, color="#4c72b0", alpha=0.85,
@@ -74,7 +80,8 @@ def sections(ctx: FigureContext, draw: Drawer) -> list[Section]:
     if table is None or not len(table):
         return [Section("ablation", TITLE, note="No ablation table.")]
     arms = table[table["kind"] == "arm"]
-    if not np.isfinite(arms["test_rmse_mean"].astype(float)).any():
+    primary = TASK_PANELS[ctx.task][0][0]
+    if not np.isfinite(arms[f"test_{primary}_mean"].astype(float)).any():
         return [Section("ablation", TITLE, note="No arm has test metrics yet.")]
     return [draw(
         "ablation", TITLE,
@@ -82,7 +89,7 @@ def sections(ctx: FigureContext, draw: Drawer) -> list[Section]:
         "sample standard deviation (none when n = 1), on the test split; horizontal lines: "
         "the reference predictors fitted on the same train split and scored on the same "
         "test split.",
-        lambda: plot_ablation(table, caption=draw.where))]
+        lambda: plot_ablation(table, caption=draw.where, task=ctx.task))]
 
 
-__all__ = ["PANELS", "TITLE", "ablation_bars", "plot_ablation", "sections"]
+__all__ = ["PANELS", "TASK_PANELS", "TITLE", "ablation_bars", "plot_ablation", "sections"]

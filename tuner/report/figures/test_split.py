@@ -39,7 +39,7 @@ class Refused(Unavailable):
     the report's notes: the file was altered)."""
 
 
-def _stored(layout: ExperimentLayout, best_test: dict[str, Any], key: str,
+def stored_file(layout: ExperimentLayout, best_test: dict[str, Any], key: str,
             reader: Callable[[Path], Any], absent: str) -> Any:
     """What `reader` reads from the file best_test.json names under `key`."""
     name = best_test.get(key)
@@ -59,7 +59,7 @@ def _stored(layout: ExperimentLayout, best_test: dict[str, Any], key: str,
 
 def stored_predictions(layout: ExperimentLayout, best_test: dict[str, Any]) -> pd.DataFrame:
     """The exported configuration's per-sample test predictions (row, year, y_true, y_pred)."""
-    return _stored(layout, best_test, "predictions", read_predictions,
+    return stored_file(layout, best_test, "predictions", read_predictions,
                    f"No per-sample test predictions were stored with {BEST_TEST_FILE} (an "
                    "experiment scored by an older version); the test metrics above still "
                    "hold.")
@@ -67,12 +67,12 @@ def stored_predictions(layout: ExperimentLayout, best_test: dict[str, Any]) -> p
 
 def stored_attention(layout: ExperimentLayout, best_test: dict[str, Any]) -> pd.DataFrame:
     """Its variate-selection attention [V, V], averaged over the test split."""
-    return _stored(layout, best_test, "attention", read_attention,
+    return stored_file(layout, best_test, "attention", read_attention,
                    f"No attention matrix was stored with {BEST_TEST_FILE} (an experiment "
                    "scored by an older version).")
 
 
-def _unscored(ctx: FigureContext) -> str | None:
+def unscored(ctx: FigureContext) -> str | None:
     """Why the exported configuration's test figures cannot be shown, or None."""
     if not ctx.finished:
         return ("The search is interrupted: no configuration is exported and the test split "
@@ -86,14 +86,15 @@ def _unscored(ctx: FigureContext) -> str | None:
     return None
 
 
-def _note(draw: Drawer, key: str, exc: Unavailable) -> Section:
+def unavailable(draw: Drawer, key: str, title: str, exc: Unavailable) -> Section:
+    """The note in place of a figure whose stored input cannot be used."""
     if isinstance(exc, Refused):
-        draw.notes.append(f"{INDEX_HTML}: {TITLES[key]}: {exc}")
-    return Section(key, TITLES[key], note=str(exc))
+        draw.notes.append(f"{INDEX_HTML}: {title}: {exc}")
+    return Section(key, title, note=str(exc))
 
 
 def sections(ctx: FigureContext, draw: Drawer) -> list[Section]:
-    reason = _unscored(ctx)
+    reason = unscored(ctx)
     if reason is not None:
         return [Section("predictions", TITLES["predictions"], note=reason)]
     best_test, tid = ctx.best_test or {}, ctx.best_id
@@ -101,7 +102,7 @@ def sections(ctx: FigureContext, draw: Drawer) -> list[Section]:
     try:
         frame = stored_predictions(ctx.layout, best_test)
     except Unavailable as exc:
-        out.append(_note(draw, "predictions", exc))
+        out.append(unavailable(draw, "predictions", TITLES["predictions"], exc))
     else:
         name = Path(str(best_test["predictions"])).name
         years = sorted(int(y) for y in frame["year"].unique())
@@ -114,26 +115,30 @@ def sections(ctx: FigureContext, draw: Drawer) -> list[Section]:
             f"once when the search finished ({name}).{by_year}",
             lambda: plot_predicted_vs_actual(frame, caption=draw.where,
                                              title=f"Trial {tid} on the test split")))
+    return [*out, attention_section(ctx, draw, what="band")]
+
+
+def attention_section(ctx: FigureContext, draw: Drawer, *, what: str) -> Section:
+    """The exported model's mean variate-selection attention (`what`: band or variate)."""
+    best_test, tid = ctx.best_test or {}, ctx.best_id
     if best_test.get("use_variate_selection") is False:
-        out.append(Section("attention", TITLES["attention"], note=(
+        return Section("attention", TITLES["attention"], note=(
             "The exported configuration has no variate selection (use_variate_selection: "
-            "false): there is no band-to-band attention to show.")))
-        return out
+            f"false): there is no {what}-to-{what} attention to show."))
     try:
         matrix = stored_attention(ctx.layout, best_test)
     except Unavailable as exc:
-        out.append(_note(draw, "attention", exc))
-    else:
-        name = Path(str(best_test["attention"])).name
-        out.append(draw(
-            "attention", TITLES["attention"],
-            f"Band-to-band attention of the exported model's variate selection (trial {tid}),"
-            f" averaged over the test split ({name}); row = attending band, each row sums "
-            "to 1.",
-            lambda: plot_attention(matrix, caption=draw.where,
-                                   title=f"Variate-selection attention, trial {tid}, mean "
-                                         "over the test split")))
-    return out
+        return unavailable(draw, "attention", TITLES["attention"], exc)
+    name = Path(str(best_test["attention"])).name
+    return draw(
+        "attention", TITLES["attention"],
+        f"{what.capitalize()}-to-{what} attention of the exported model's variate selection "
+        f"(trial {tid}), averaged over the test split ({name}); row = attending {what}, "
+        "each row sums to 1.",
+        lambda: plot_attention(matrix, caption=draw.where,
+                               title=f"Variate-selection attention, trial {tid}, mean "
+                                     "over the test split"))
 
 
-__all__ = ["TITLES", "Refused", "Unavailable", "sections", "stored_attention", "stored_predictions"]
+__all__ = ["TITLES", "Refused", "Unavailable", "attention_section", "sections",
+           "stored_attention", "stored_file", "stored_predictions", "unavailable", "unscored"]
