@@ -6,15 +6,25 @@ training again.
 
 Each EXPERIMENT is a finished search run with `--searcher random --scheduler fifo` (e.g.
 the random+FIFO searches `search_efficiency.py` keeps): every trial trained to its end,
-its validation curve in the journal. Training is deterministic given the seed, so a trial
-that ASHA lets run produces exactly the prefix of that curve. Replaying Ray's own
-`AsyncHyperBandScheduler` over the curves (trials in the order the search created them,
-`--concurrent` at a time, each epoch taking the seconds it took) therefore gives what
-random+ASHA would have done with the same configurations, for any grace period and
-reduction factor, and with several Hyperband brackets (`--brackets`: Ray puts each new
-trial in a bracket at random, so those settings are replayed `--draws` times with seeded
-draws). Exact for a random sampler, whose proposals do not depend on results; the only
-approximation is the interleaving of concurrent trials.
+its validation curve in the journal. Any other search is refused (exit 2): its
+`search_meta.json` must say searcher random and scheduler fifo, and every trial must have
+ended. Training is deterministic given the seed, so a trial that ASHA lets run produces
+exactly the prefix of that curve. Replaying Ray's own `AsyncHyperBandScheduler` over the
+curves (trials in the order the search created them, `--concurrent` at a time, each epoch
+taking the seconds it took) therefore gives what random+ASHA would have done with the same
+configurations, for any grace period and reduction factor, and with several Hyperband
+brackets (`--brackets`: Ray puts each new trial in a bracket at random, so those settings
+are replayed `--draws` times with seeded draws). Exact for a random sampler, whose
+proposals do not depend on results; the only approximation is the interleaving of
+concurrent trials.
+
+What is read, and from where: ASHA's `max_t` is the searches' budget `max_epochs`
+(`search_meta.json`; all searches must share it), the metric and its mode are the
+searches' own (`--metric` may name another reported metric), and each trial's curve is the
+journal replayed by `tuner.journal.load_state` (an epoch reported again after a retry
+replaces the earlier report). Only trials that ended normally are replayed (a diverged or
+failed trial's curve is cut short; how many were left out is printed), and a curve stops
+at its first non-finite value.
 
 For each setting: the trial-epochs ASHA spends and whether, and after how many
 trial-epochs, it reports a value at least as good as the FIFO search's best, as a share of
@@ -35,40 +45,92 @@ from __future__ import annotations
 
 import argparse
 import heapq
+import json
 import math
 import statistics
 import sys
 from pathlib import Path
+from typing import Any, NamedTuple, NoReturn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from timesclip.errors import UserError  # noqa: E402
+from tuner.journal import load_state  # noqa: E402
+from tuner.layout import META_FILE  # noqa: E402
+from tuner.outcomes import Status, metric_mode  # noqa: E402
+
 Curve = list[tuple[float, float]]  # per epoch: (metric value, epoch seconds)
 
 
-def read_curves(exp: Path, metric: str) -> list[Curve]:
-    """Every trial's curve, in the order the search created the trials."""
-    from tuner.journal import read_events
-    from tuner.layout import JOURNAL_FILE
+class RefusedInput(UserError):
+    """An experiment the replay cannot be honest about (one line, exit 2)."""
 
-    events = read_events(exp / JOURNAL_FILE)
-    if not events:
-        sys.exit(f"{exp}: no journal ({JOURNAL_FILE}); pass the folder of a search")
-    order: list[str] = []
-    curves: dict[str, Curve] = {}
-    for ev in events:
-        if ev["ev"] == "trial":
-            order.append(ev["tid"])
-        elif ev["ev"] == "result" and not ev.get("diverged") and not ev.get("repeat"):
-            metrics = ev.get("metrics") or {}
-            value = metrics.get(metric)
-            if isinstance(value, (int, float)) and math.isfinite(value):
-                curves.setdefault(ev["tid"], []).append(
-                    (float(value), float(metrics.get("epoch_seconds") or 0.0)))
-    if any(ev["ev"] == "end" and ev.get("stopped_by") == "asha" for ev in events):
-        sys.exit(f"{exp}: ASHA stopped trials in this search; replay needs every trial run "
-                 "to its end (--scheduler fifo)")
-    return [curves[tid] for tid in order if tid in curves]
+
+class FifoSearch(NamedTuple):
+    """A finished random+FIFO search as the replay reads it."""
+
+    path: Path
+    metric: str
+    mode: str
+    max_t: int  # the search's budget max_epochs: ASHA's max_t
+    seed: Any  # the search's --seed (for the record)
+    curves: list[Curve]  # trials that ended normally, in creation order
+    left_out: int  # trials that diverged or failed (curves cut short)
+
+
+def read_search(exp: Path, metric: str | None = None) -> FifoSearch:
+    """A finished random+FIFO search: its budget, metric and curves (see the module
+    docstring); RefusedInput for anything else."""
+    meta_path = exp / META_FILE
+    try:
+        meta = json.loads(meta_path.read_text())
+    except FileNotFoundError:
+        raise RefusedInput(f"{exp}: no {META_FILE}; pass the folder of a search made by "
+                           "python -m tuner.search") from None
+    except ValueError as exc:
+        raise RefusedInput(f"{meta_path}: not JSON ({exc})") from None
+    searcher, scheduler = meta.get("searcher"), meta.get("scheduler")
+    if (searcher, scheduler) != ("random", "fifo"):
+        raise RefusedInput(
+            f"{exp}: a {searcher}+{scheduler} search ({META_FILE}); the replay needs one "
+            "run with --searcher random --scheduler fifo (other samplers' proposals depend "
+            "on results, and ASHA's stops cut the curves short)")
+    metric = metric or meta["metric"]
+    mode = metric_mode(metric, "--metric")
+    max_t = int((meta.get("budget") or {})["max_epochs"])
+    state = load_state(exp)
+    unfinished = [t.tid for t in state.unfinished]
+    if unfinished:
+        raise RefusedInput(f"{exp}: trial(s) {', '.join(unfinished[:3])} have not ended; "
+                           "finish the search with --resume first")
+    curves: list[Curve] = []
+    left_out = 0
+    for trial in sorted(state.trials.values(), key=lambda t: t.index):
+        if trial.status != Status.TERMINATED:
+            left_out += 1
+            continue
+        curve: Curve = []
+        for epoch in trial.epochs:
+            value = trial.history[epoch].get(metric)
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                break
+            curve.append((float(value),
+                          float(trial.history[epoch].get("epoch_seconds") or 0.0)))
+        if curve:
+            curves.append(curve)
+    return FifoSearch(exp, metric, mode, max_t, meta.get("seed"), curves, left_out)
+
+
+def read_curves(exp: Path, metric: str | None = None) -> list[Curve]:
+    """Every normally ended trial's curve, in the order the search created the trials."""
+    return read_search(exp, metric).curves
+
+
+def refuse(message: str) -> NoReturn:
+    """One line on stderr, exit 2 (bad input, nothing written)."""
+    print(f"asha_replay: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 class _Trial:
@@ -172,11 +234,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="Hyperband brackets to replay (default 1: plain ASHA)")
     p.add_argument("--draws", type=int, default=20,
                    help="seeded bracket draws per search when brackets > 1 (default 20)")
-    p.add_argument("--max-t", type=int, help="ASHA max_t (default: the longest curve)")
     p.add_argument("--concurrent", type=int, default=2,
                    help="trials at a time, as in the searches (default 2)")
-    p.add_argument("--metric", default="val_rmse")
-    p.add_argument("--mode", choices=("min", "max"), default="min")
+    p.add_argument("--metric", help="reported metric to replay on (default: the searches' "
+                   "own; its mode is the metric's)")
     p.add_argument("--pool", type=int, nargs="+", metavar="N",
                    help="also compare at equal compute: ASHA searches of N trials drawn "
                         "from the pooled curves against FIFO searches of one search's size")
@@ -189,20 +250,33 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--concurrent, --grace, --brackets, --draws, --bootstrap and --pool must be "
                 ">= 1 and --factor > 1")
 
-    runs = [(exp, read_curves(exp, args.metric)) for exp in args.experiments]
-    runs = [(exp, c) for exp, c in runs if c]
+    try:
+        searches = [read_search(exp, args.metric) for exp in args.experiments]
+    except UserError as exc:
+        refuse(str(exc))
+    for field in ("max_t", "metric"):
+        values = {getattr(s, field) for s in searches}
+        if len(values) > 1:
+            refuse(f"the searches differ in {'max_epochs' if field == 'max_t' else field} "
+                   f"({', '.join(map(str, sorted(values)))}); replay searches of one budget "
+                   "and metric together")
+    metric, mode, max_t = searches[0].metric, searches[0].mode, searches[0].max_t
+    runs = [(s.path, s.curves) for s in searches if s.curves]
     if not runs:
-        sys.exit("no trial results in these experiments")
-    max_t = args.max_t or max(len(c) for _, curves in runs for c in curves)
-    print(f"{len(runs)} searches, {sum(len(c) for _, c in runs)} trials, max_t {max_t}, "
-          f"{args.concurrent} at a time")
+        refuse(f"no trial of these searches reported a finite {metric}")
+    left_out = sum(s.left_out for s in searches)
+    print(f"{len(runs)} random+FIFO searches (seeds "
+          f"{', '.join(str(s.seed) for s in searches)}), "
+          f"{sum(len(c) for _, c in runs)} trials, {metric} ({mode}), max_t {max_t} (the "
+          f"searches' max_epochs), {args.concurrent} at a time"
+          + (f"; {left_out} diverged/failed trial(s) left out" if left_out else ""))
 
     pooled = [c for _, curves in runs for c in curves]
-    agreement = rank_agreement(pooled, min(max_t, 8), args.mode)
+    agreement = rank_agreement(pooled, min(max_t, 8), mode)
     print("rank agreement of the value after k epochs with the final best (Spearman): "
           + "  ".join(f"k={k} {r:.2f}" for k, r in enumerate(agreement, start=1)))
 
-    pick = min if args.mode == "min" else max
+    pick = min if mode == "min" else max
     print(f"\n{'grace':>5} {'factor':>6} {'brackets':>8}  {'reached':>9}  {'median R':>8}  "
           f"{'spent (share of FIFO)':>22}  per search R")
     for grace in args.grace:
@@ -213,10 +287,10 @@ def main(argv: list[str] | None = None) -> int:
                 for _, curves in runs:
                     total = sum(len(c) for c in curves)
                     target = pick(v for c in curves for v, _ in c)
-                    sign = 1.0 if args.mode == "min" else -1.0
+                    sign = 1.0 if mode == "min" else -1.0
                     for draw in range(draws):
                         trace = replay(curves, grace, factor, max_t, args.concurrent,
-                                       args.mode, args.metric, brackets, draw)
+                                       mode, metric, brackets, draw)
                         needed = next((n for n, b in trace if sign * b <= sign * target), None)
                         ratios.append(needed / total if needed else math.inf)
                         spent.append(trace[-1][0] / total)
@@ -231,8 +305,8 @@ def main(argv: list[str] | None = None) -> int:
         fifo_trials = min(len(curves) for _, curves in runs)
         too_many = [n for n in [fifo_trials, *args.pool] if n > len(pooled)]
         if too_many:
-            sys.exit(f"--pool: {max(too_many)} trials drawn from a pool of {len(pooled)}; "
-                     "pass more searches or a smaller N")
+            refuse(f"--pool: {max(too_many)} trials drawn from a pool of {len(pooled)}; "
+                   "pass more searches or a smaller N")
         print(f"\nequal compute: ASHA searches of N trials vs FIFO searches of {fifo_trials}, "
               f"both drawn from the {len(pooled)} pooled curves, {args.bootstrap} draws each")
         print(f"{'grace':>5} {'factor':>6} {'N':>4}  {'spent':>6}  {'within 1/3':>10}  "
@@ -241,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
             for factor in args.factor:
                 for n in args.pool:
                     row = pooled_comparison(pooled, fifo_trials, n, grace, factor, max_t,
-                                            args.concurrent, args.mode, args.metric,
+                                            args.concurrent, mode, metric,
                                             args.bootstrap)
                     median = row["median_r"]
                     print(f"{grace:>5} {factor:>6g} {n:>4}  {row['spent']:>6.2f}  "

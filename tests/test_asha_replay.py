@@ -2,16 +2,18 @@
 
 The replay is what the quick space's reduction factor was chosen from, so its bookkeeping
 (which trial runs when, what ASHA stops, what is spent, when the FIFO best is reached) is
-checked on hand-made curves whose outcome can be worked out by hand.
+checked on hand-made curves whose outcome can be worked out by hand. What it reads is
+checked on experiments written through the tuner's own Journal (tests/journal_fixtures.py):
+only random+FIFO searches (search_meta.json), max_t from their budget, and each curve as
+the journal's replay has it.
 """
 
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 
 import pytest
+from journal_fixtures import ExperimentWriter, rmse_metrics
 from search_helpers import benchmark_module
 
 
@@ -52,23 +54,115 @@ def test_rank_agreement_is_one_when_early_ranks_hold(replay_mod):
     assert replay_mod.rank_agreement(flipped, 1, "min")[0] == pytest.approx(-1.0)
 
 
-def test_only_searches_that_ran_every_trial_to_its_end_are_replayed(replay_mod, tmp_path):
-    """A search ASHA already pruned has truncated curves: replaying it would be wrong."""
-    def journal(folder: Path, stopped_by: str) -> Path:
-        folder.mkdir()
-        lines = [{"ev": "trial", "tid": "t0000"},
-                 {"ev": "result", "tid": "t0000", "epoch": 1,
-                  "metrics": {"val_rmse": 1.5, "epoch_seconds": 0.5}},
-                 {"ev": "result", "tid": "t0000", "epoch": 2, "diverged": True,
-                  "metrics": {"val_rmse": math.nan}},
-                 {"ev": "end", "tid": "t0000", "stopped_by": stopped_by}]
-        (folder / "journal.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
-        return folder
+def fifo_meta(searcher: str = "random", scheduler: str = "fifo", *, max_epochs: int = 4,
+              seed: int = 0) -> dict:
+    """search_meta.json as tuner.plan writes it, the keys the replay reads."""
+    return {"kind": "search", "metric": "val_rmse", "mode": "min", "searcher": searcher,
+            "scheduler": scheduler, "seed": seed,
+            "budget": {"num_samples": 2, "max_epochs": max_epochs, "grace_period": 1,
+                       "reduction_factor": 3.0, "max_concurrent": 2,
+                       "startup_trials": 2 if searcher == "tpe" else None,
+                       "constant_liar": True}}
 
-    assert replay_mod.read_curves(journal(tmp_path / "fifo", "completed"), "val_rmse") == \
-        [[(1.5, 0.5)]]
-    with pytest.raises(SystemExit, match="--scheduler fifo"):
-        replay_mod.read_curves(journal(tmp_path / "asha", "asha"), "val_rmse")
+
+def metrics(value: float, epoch: int, seconds: float = 0.5) -> dict:
+    return {**rmse_metrics(value, epoch), "epoch_seconds": seconds}
+
+
+def short_search(folder: Path, meta: dict) -> Path:
+    """Two trials that stopped early on their own (2 and 3 epochs of a 4-epoch budget)."""
+    w = ExperimentWriter(folder, meta)
+    w.driver_start(1, 100.0)
+    a, b = w.trial(100.0, {"lr": 1e-3}), w.trial(100.0, {"lr": 2e-3})
+    for epoch, value in enumerate([1.5, 1.4], start=1):
+        w.result(a, 100.0 + epoch, epoch, metrics(value, epoch))
+    w.end(a, 103.0, "TERMINATED", "early_stopping", value=1.4, best_epoch=2, epochs_run=2)
+    for epoch, value in enumerate([1.6, 1.3, 1.2], start=1):
+        w.result(b, 100.0 + epoch, epoch, metrics(value, epoch))
+    w.end(b, 104.0, "TERMINATED", "early_stopping", value=1.2, best_epoch=3, epochs_run=3)
+    w.driver_end(105.0)
+    w.close()
+    return folder
+
+
+@pytest.mark.parametrize("searcher,scheduler", [("tpe", "asha"), ("random", "asha"),
+                                                ("tpe", "fifo"), ("grid", "fifo")])
+def test_searches_that_were_not_random_fifo_are_refused(replay_mod, tmp_path, capsys,
+                                                        searcher, scheduler):
+    """TPE's proposals depend on results and ASHA's stops cut curves short: search_meta.json
+    decides, one line, exit 2, before anything is replayed."""
+    good = short_search(tmp_path / "good", fifo_meta())
+    bad = short_search(tmp_path / "bad", fifo_meta(searcher, scheduler))
+    with pytest.raises(SystemExit) as info:
+        replay_mod.main([str(good), str(bad)])
+    out, err = capsys.readouterr()
+    assert info.value.code == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith("asha_replay: ")
+    assert f"a {searcher}+{scheduler} search" in err and "--searcher random --scheduler fifo" \
+        in err
+
+
+def test_a_folder_without_search_meta_is_refused(replay_mod, tmp_path, capsys):
+    (tmp_path / "x").mkdir()
+    with pytest.raises(SystemExit) as info:
+        replay_mod.main([str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1 and "no search_meta.json" in err
+
+
+def test_max_t_comes_from_the_budget(replay_mod, tmp_path, capsys):
+    """Both trials stopped early on their own (2 and 3 epochs): ASHA's max_t is still the
+    budget's 4 epochs, not the longest curve. Searches of different budgets are not
+    replayed together."""
+    exp = short_search(tmp_path / "s4", fifo_meta(max_epochs=4, seed=7))
+    assert replay_mod.main([str(exp), "--grace", "1", "--factor", "2"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first == ("1 random+FIFO searches (seeds 7), 2 trials, val_rmse (min), max_t 4 "
+                     "(the searches' max_epochs), 2 at a time")
+    other = short_search(tmp_path / "s6", fifo_meta(max_epochs=6))
+    with pytest.raises(SystemExit) as info:
+        replay_mod.main([str(exp), str(other)])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "differ in max_epochs (4, 6)" in err
+
+
+def test_curves_come_from_the_journal_replay(replay_mod, tmp_path, capsys):
+    """A retried trial reported epoch 2 again (1.2 after 1.4): the later report stands, as
+    tuner.journal's replay has it, and the curve has three epochs, not four. A trial that
+    diverged after a good first epoch is left out (its curve is cut short), and said so."""
+    w = ExperimentWriter(tmp_path / "exp", fifo_meta(max_epochs=3))
+    w.driver_start(1, 100.0)
+    a, b = w.trial(100.0, {"lr": 1e-3}), w.trial(100.0, {"lr": 1e-2})
+    w.result(a, 101.0, 1, metrics(1.5, 1, 0.25))
+    w.result(a, 102.0, 2, metrics(1.4, 2, 0.25))
+    w.retry(a, 102.5, "worker died")
+    w.result(a, 103.0, 2, metrics(1.2, 2, 0.75))
+    w.result(a, 104.0, 3, metrics(1.1, 3, 0.5))
+    w.end(a, 104.0, "TERMINATED", "completed", value=1.1, best_epoch=3, epochs_run=3)
+    w.result(b, 101.0, 1, metrics(0.9, 1))
+    w.diverged(b, 102.0, 2)
+    w.end(b, 102.0, "DIVERGED", "diverged", value=0.9, best_epoch=1, epochs_run=1)
+    w.driver_end(105.0)
+    w.close()
+    search = replay_mod.read_search(tmp_path / "exp")
+    assert search.curves == [[(1.5, 0.25), (1.2, 0.75), (1.1, 0.5)]]
+    assert (search.left_out, search.max_t, search.metric, search.mode) == \
+        (1, 3, "val_rmse", "min")
+    assert replay_mod.main([str(tmp_path / "exp"), "--grace", "1", "--factor", "2"]) == 0
+    assert "1 diverged/failed trial(s) left out" in capsys.readouterr().out
+
+
+def test_an_unfinished_search_is_refused(replay_mod, tmp_path, capsys):
+    w = ExperimentWriter(tmp_path / "exp", fifo_meta())
+    w.driver_start(1, 100.0)
+    a = w.trial(100.0, {"lr": 1e-3})
+    w.result(a, 101.0, 1, metrics(1.5, 1))
+    w.driver_end(102.0, how="interrupted", signal="SIGINT")
+    w.close()
+    with pytest.raises(SystemExit) as info:
+        replay_mod.main([str(tmp_path / "exp")])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "have not ended" in err and "--resume" in err
 
 
 def test_brackets_are_replayed_with_seeded_draws(replay_mod):
