@@ -114,7 +114,10 @@ def test_unknown_space_name_lists_bundled() -> None:
         load_space("fulll")
     msg = str(info.value)
     assert msg.startswith("unknown search space 'fulll'; bundled spaces: ")
-    assert "ablation, full, quick" in msg and "path to a YAML file" in msg
+    # Every bundled file is named, in order, whatever set ships.
+    assert {"ablation", "forecast", "full", "quick"} <= set(list_spaces())
+    assert f"bundled spaces: {', '.join(list_spaces())};" in msg
+    assert "path to a YAML file" in msg
     with pytest.raises(ConfigError, match="not found"):
         load_space("does/not/exist.yaml")
 

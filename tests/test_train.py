@@ -632,3 +632,79 @@ def test_parameter_count_includes_the_vision_tower_whether_or_not_it_was_loaded(
     tower = sum(p.numel() for p in load_backbone(config.backbone).vision.parameters())
     assert tower > 0 and without_tower.vision_tower_size == tower
     assert given.params == own.params and own.params["frozen"] >= tower
+
+
+# ----------------------------------------------------------------------------- Training, stepped
+def test_training_stepped_by_hand_is_fit(small_bundle, tiny_config, tmp_path):
+    """fit() is the loop over Training: stepping one by hand reports, checkpoints and
+    returns what fit() does."""
+    from timesclip.train import Training
+
+    config = tiny_config.replace(epochs=2, use_vision=False, use_contrastive=False,
+                                 dropout=0.2)
+    reports: list[tuple[int, dict, str | None]] = []
+    fitted = fit(config, small_bundle, checkpoint_dir=tmp_path / "fit",
+                 report=lambda e, m, c: reports.append((e, m, c)))
+    training = Training(config, small_bundle, checkpoint_dir=tmp_path / "steps")
+    rows = []
+    while not training.done:
+        rows.append(training.epoch())
+    stepped = training.finish()
+    assert [r["epoch"] for r in rows] == [e for e, _, _ in reports] == [1, 2]
+    for row, (_, metrics, _) in zip(rows, reports):
+        assert set(row) == set(metrics)
+        assert {k: v for k, v in row.items() if k != "epoch_seconds"} == pytest.approx(
+            {k: v for k, v in metrics.items() if k != "epoch_seconds"}, rel=1e-6)
+    assert (stepped.best_epoch, stepped.epochs_run) == (fitted.best_epoch, fitted.epochs_run)
+    assert stepped.test == pytest.approx(fitted.test, rel=1e-6)
+    assert Path(stepped.checkpoint_path).is_file()
+    with pytest.raises(RuntimeError, match="already ended at epoch 2"):
+        training.epoch()
+
+
+def test_training_runs_keep_their_own_random_state(small_bundle, tiny_config):
+    """Each run restores its own RNG before an epoch: two runs stepped alternately (or
+    anything drawing random numbers between two epochs) train exactly as each alone. This
+    is what lets cross-validation folds advance in lockstep (timesclip.cv)."""
+    import random
+
+    from timesclip.train import Training
+
+    config = tiny_config.replace(epochs=3, use_vision=False, use_contrastive=False,
+                                 dropout=0.3)
+    other = config.replace(seed=2)
+    alone = [fit(c, small_bundle, evaluate_test=False) for c in (config, other)]
+    runs = [Training(c, small_bundle) for c in (config, other)]
+    while not runs[0].done:
+        for run in runs:
+            run.epoch()
+            torch.rand(1000), random.random(), np.random.rand(3)  # someone else's draws
+    for run, single in zip(runs, alone):
+        assert [h["val_rmse"] for h in run.history] == pytest.approx(
+            [h["val_rmse"] for h in single.history], rel=1e-6)
+
+
+def test_stop_after_ends_a_run_early_on_its_own_schedule(small_bundle, tiny_config):
+    """stop_after ends the run after that many epochs of a schedule that still spans
+    config.epochs; outside 1..epochs it is refused in one line."""
+    from timesclip.train import Training
+
+    # lr below float32 resolution: nothing changes, so only keep_last makes epoch 2 "best"
+    config = tiny_config.replace(epochs=4, use_vision=False, use_contrastive=False,
+                                 scheduler="cosine", lr=1e-14,
+                                 weight_decay=0.0)
+    full = fit(config, small_bundle, evaluate_test=False)
+    assert full.best_epoch == 1
+    training = Training(config, small_bundle, stop_after=2, keep_last=True,
+                        early_stopping=False)
+    while not training.done:
+        last = training.epoch()
+    assert last["fit_ends"] is True and training.epochs_run == 2
+    result = training.finish(evaluate_test=False)
+    assert [h["lr"] for h in result.history] == [h["lr"] for h in full.history[:2]]
+    assert result.best_epoch == 2  # keep_last: the last epoch is the one kept
+    for bad in (0, 5):
+        with pytest.raises(ConfigError) as info:
+            Training(config, small_bundle, stop_after=bad)
+        assert str(info.value) == f"stop_after must be an epoch in 1..4 (the config's " \
+                                  f"epochs), got {bad}"

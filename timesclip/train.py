@@ -35,12 +35,14 @@ from timesclip.checkpoint import (
     Resumed,
     load_trainable_state,
     resume,
+    rng_state,
     save_checkpoints,
+    set_rng_state,
     trainable_state,
 )
 from timesclip.config import TrainConfig
 from timesclip.data import Bundle
-from timesclip.errors import NonFiniteLossError
+from timesclip.errors import ConfigError, NonFiniteLossError
 from timesclip.features import compute_features
 from timesclip.model import Backbone, TimesCLIP, count_parameters, load_backbone
 from timesclip.runtime import apply_threads, resolve_device, seed_everything
@@ -99,6 +101,218 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> An
         optimizer, mode="min", factor=config.plateau_factor, patience=config.plateau_patience)
 
 
+# ---------------------------------------------------------------------------- one run
+class Training:
+    """One training run that advances one epoch per `epoch()` call.
+
+    fit() is the loop over it; `timesclip.cv.fit_folds` advances several of them (one per
+    cross-validation fold) in lockstep inside one trial. Each run keeps its own random
+    state: the global RNGs (dropout draws from them) are restored before and captured after
+    every epoch, so runs stepped alternately train exactly as each would alone, and a run
+    resumed from its checkpoint as one that never stopped.
+
+    Arguments as fit()'s, plus three that only other loops than fit() set:
+    early_stopping (False: the run never stops on its own monitor; a caller that stops it
+    by another rule, e.g. the mean over folds, just stops calling `epoch()`), keep_last
+    (True: every epoch replaces the kept weights, so best.pt is the last epoch's: a run of
+    a fixed number of epochs with nothing held out to select by), stop_after (end after
+    this many epochs; the schedule still spans `config.epochs`, so the first epochs train
+    exactly as in a run of `config.epochs`).
+    """
+
+    def __init__(self, config: TrainConfig, data: Bundle, *,
+                 checkpoint_dir: str | Path | None = None,
+                 resume_from: str | Path | None = None,
+                 vision_features: dict[str, torch.Tensor] | None = None,
+                 tb_dir: str | Path | None = None, backbone: Backbone | None = None,
+                 log: Callable[[str], None] | None = None,
+                 hparams: dict[str, Any] | None = None, early_stopping: bool = True,
+                 keep_last: bool = False, stop_after: int | None = None) -> None:
+        check_data(config, data)
+        if stop_after is not None and not 1 <= stop_after <= config.epochs:
+            raise ConfigError(f"stop_after must be an epoch in 1..{config.epochs} (the "
+                              f"config's epochs), got {stop_after}")
+        self.config, self.data, self.log = config, data, log
+        self.early_stopping, self.keep_last = early_stopping, keep_last
+        self.last_epoch = config.epochs if stop_after is None else int(stop_after)
+        apply_threads(config)
+        device = resolve_device(config.device)
+        if log and config.precision == "bf16" and device.type == "cpu":
+            # measured (benchmarks/real_size.py, a 2-core CPU without bf16 units): bf16
+            # autocast made the ViT-B/16 pass 5.6x and a CLIP-Text epoch ~80x slower
+            log("note: precision bf16 on a CPU: without bf16 hardware autocast is far slower "
+                "than fp32 (it is meant for GPUs); use --precision fp32 here")
+        if backbone is None or (config.use_vision and vision_features is None):
+            seed_everything(config.seed)  # backbone and feature work below draw random numbers
+        if backbone is None:
+            # The vision tower is only needed to compute features; handed-in features skip it.
+            backbone = load_backbone(config.backbone,
+                                     need_vision=config.use_vision and vision_features is None)
+        if config.use_vision and vision_features is None:
+            vision_features = compute_features(config, data, backbone, device=device, log=log)
+        # torch RNG is reseeded after backbone/feature work so model init depends on the seed only
+        seed_everything(config.seed)
+        self.model = TimesCLIP(config, n_variates=len(data.bands), backbone=backbone).to(device)
+        params = count_parameters(self.model)
+        if config.use_vision:  # the frozen vision tower belongs in every parameter count
+            vis = backbone.vision_tower_size
+            params = {"total": params["total"] + vis, "trainable": params["trainable"],
+                      "frozen": params["frozen"] + vis}
+        self.params = params
+
+        self.run = task_data(config, data, vision_features, device)
+        self.optimizer = build_optimizer(self.model, config)
+        self.scheduler = build_scheduler(self.optimizer, config)
+
+        # No copy of the initial weights (best_state None): a fresh run's first epoch always
+        # improves on "nothing yet" (a non-finite monitored value raises), so they could never
+        # be the best state.
+        state = Resumed(epoch=0, monitor=MonitorState(config.monitor_metric), best_state=None,
+                        history=[], train_seconds=0.0)
+        if resume_from is not None:
+            state = resume(resume_from, self.model, self.optimizer, self.scheduler,
+                           config.monitor_metric)
+            if log:
+                log(f"resumed from epoch {state.epoch} (best {state.monitor.describe()})")
+        self.state = state
+        self.monitor, self.history = state.monitor, state.history
+        self.epochs_run = state.epoch
+        self.train_seconds = state.train_seconds  # seconds spent in epochs, all runs together
+
+        # A checkpoint written at the last epoch, or after early stopping triggered, is a
+        # finished run: resuming it (e.g. a search restarted after a driver crash) must train
+        # nothing and return what that run returned, not squeeze in one more epoch.
+        self.stopped_early = early_stopping and self.monitor.bad_epochs >= config.patience
+        self.done = self.stopped_early or state.epoch >= self.last_epoch
+        if self.done and resume_from is not None and log:
+            log(f"nothing to train: the checkpoint's run already ended at epoch {state.epoch} "
+                f"({'early stopping' if self.stopped_early else 'last epoch'})")
+
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        if self.checkpoint_dir is not None:
+            self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        if self.done:  # so checkpoint_path names a file here, too
+            self.write_checkpoint()
+        self.writer = None if self.done else summary_writer(tb_dir, config, hparams)
+        self._rng = rng_state()  # this run's random state between its epochs
+
+    def write_checkpoint(self) -> None:
+        """Write the current state into checkpoint_dir (nothing without one): what a
+        finished run resumed into a new folder leaves there, so the folder is complete."""
+        if self.checkpoint_dir is not None:
+            self._save(self.epochs_run, self.train_seconds, improved=True)
+
+    def _save(self, epoch: int, seconds: float, improved: bool) -> None:
+        assert self.checkpoint_dir is not None
+        save_checkpoints(self.checkpoint_dir, self.model, self.optimizer, self.scheduler,
+                         self.config, self.data, epoch=epoch, monitor=self.monitor,
+                         best_state=self.state.best_state, history=self.history,
+                         seconds=seconds, improved=improved)
+
+    def epoch(self, report: ReportFn | None = None) -> dict[str, float]:
+        """Train and validate one epoch, checkpoint it, then `report` it; returns what was
+        reported: the epoch's metrics (the CONTRACT names) plus epoch_seconds, params_* and
+        fit_ends."""
+        if self.done:
+            raise RuntimeError(f"the run already ended at epoch {self.epochs_run}")
+        config, model, optimizer = self.config, self.model, self.optimizer
+        set_rng_state(self._rng)
+        epoch = self.epochs_run + 1
+        epoch_start = time.perf_counter()
+        train_m = _train_epoch(model, optimizer, self.run.train_batches(epoch),
+                               self.run.n_train, config, epoch)
+        val = self.run.score(model, "val")
+        val_loss = val.regression + (config.contrastive_weight * val.contrastive
+                                     if config.use_contrastive else 0.0)
+        if not math.isfinite(val_loss):
+            raise NonFiniteLossError(epoch, -1, val_loss)
+        lr = optimizer.param_groups[0]["lr"]
+        if config.scheduler == "cosine":
+            self.scheduler.step()
+        else:
+            # the plateau follows the loss the optimiser minimises (contrastive term
+            # included), not the monitor: it drives optimisation, not model selection
+            self.scheduler.step(val_loss)
+        metrics = {"epoch": epoch, **train_m, "val_loss": val_loss,
+                   **{f"val_{k}": v for k, v in val.metrics.items()}, "lr": lr}
+        epoch_seconds = time.perf_counter() - epoch_start  # training + validation
+        self.history.append(metrics)
+        if self.keep_last:  # every epoch is the one kept: forget the previous "best"
+            self.monitor.best_value = None
+        improved = self.monitor.update(epoch, metrics)
+        if improved:
+            self.state.best_state = trainable_state(model)
+        if self.writer is not None:
+            log_epoch(self.writer, metrics, epoch, self.temperature())
+        self._rng = rng_state()
+        if self.checkpoint_dir is not None:
+            self._save(epoch, self.train_seconds + time.perf_counter() - epoch_start, improved)
+        if self.log:
+            self.log(_epoch_line(metrics, config.epochs, improved,
+                                 self.run.epoch_text(metrics)))
+        self.epochs_run = epoch
+        stop_early = self.early_stopping and self.monitor.bad_epochs >= config.patience
+        self.done = stop_early or epoch >= self.last_epoch
+        # beside the CONTRACT names: the epoch's compute time and the model size, so a
+        # trial stopped early still has both in the search's records. fit_ends: nothing
+        # follows this epoch (the budget is spent or early stopping is about to end the
+        # run), so a search that loses the run's completion can close it from this report
+        # rather than resume it
+        reported = {**metrics, "epoch_seconds": epoch_seconds,
+                    **{f"params_{k}": v for k, v in self.params.items()},
+                    "fit_ends": self.done}
+        try:
+            if report is not None:
+                report(epoch, reported,
+                       str(self.checkpoint_dir) if self.checkpoint_dir is not None else None)
+        finally:
+            self.train_seconds += time.perf_counter() - epoch_start
+        if stop_early:
+            self.stopped_early = True
+            if self.log:
+                self.log(f"early stopping: {self.monitor.metric} has not improved for "
+                         f"{config.patience} epochs (best {self.monitor.describe()})")
+        return reported
+
+    def temperature(self) -> float | None:
+        """The InfoNCE temperature now (None without the contrastive loss)."""
+        if not self.config.use_contrastive:
+            return None
+        return float(self.model.contrastive.temperature.detach())
+
+    def close(self) -> None:
+        """Close the TensorBoard writer (idempotent); fit() calls it however the loop ends."""
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+    def finish(self, evaluate_test: bool = True) -> FitResult:
+        """The run's result: the kept epoch's weights loaded into the model, its
+        validation metrics and (evaluate_test) the test metrics of those weights."""
+        self.close()
+        monitor, history = self.monitor, self.history
+        if self.state.best_state is not None:
+            load_trainable_state(self.model, self.state.best_state)
+        # The best epoch's validation metrics were computed from these very weights (same
+        # batches, eval mode): reuse them rather than a second pass over the val split.
+        best_row = next((h for h in history if int(h["epoch"]) == monitor.best_epoch), None)
+        if best_row is not None:
+            val_final = {k.removeprefix("val_"): float(v) for k, v in best_row.items()
+                         if k.startswith("val_") and k != "val_loss"}
+        else:
+            val_final = self.run.score(self.model, "val").metrics
+        test_final = self.run.score(self.model, "test").metrics if evaluate_test else None
+        best_value = math.nan if monitor.best_value is None else monitor.best_value
+        ckdir = self.checkpoint_dir
+        return FitResult(best_epoch=monitor.best_epoch, epochs_run=self.epochs_run,
+                         monitor=monitor.metric, best_value=best_value, val=val_final,
+                         test=test_final, params=self.params,
+                         train_seconds=round(self.train_seconds, 3),
+                         backbone=self.config.backbone,
+                         checkpoint_path=str(ckdir / BEST) if ckdir is not None else None,
+                         stopped_early=self.stopped_early, history=history)
+
+
 # ---------------------------------------------------------------------------- fit
 def fit(config: TrainConfig, data: Bundle, *, report: ReportFn | None = None,
         checkpoint_dir: str | Path | None = None, resume_from: str | Path | None = None,
@@ -114,144 +328,18 @@ def fit(config: TrainConfig, data: Bundle, *, report: ReportFn | None = None,
     continues as if it had never stopped (a checkpoint that monitored another metric is a
     ConfigError). hparams: what TensorBoard's HParams tab lists for this run (default:
     every field of `config`); None values mark parameters inactive in this run (see
-    `timesclip.tensorboard.log_hparams`).
+    `timesclip.tensorboard.log_hparams`). report(epoch, metrics, checkpoint_dir) is called
+    after each epoch's checkpoint is on disk.
     """
-    check_data(config, data)
-    apply_threads(config)
-    device = resolve_device(config.device)
-    if log and config.precision == "bf16" and device.type == "cpu":
-        # measured (benchmarks/real_size.py, a 2-core CPU without bf16 units): bf16
-        # autocast made the ViT-B/16 pass 5.6x and a CLIP-Text epoch ~80x slower
-        log("note: precision bf16 on a CPU: without bf16 hardware autocast is far slower "
-            "than fp32 (it is meant for GPUs); use --precision fp32 here")
-    if backbone is None or (config.use_vision and vision_features is None):
-        seed_everything(config.seed)  # backbone and feature work below draw random numbers
-    if backbone is None:
-        # The vision tower is only needed to compute features; handed-in features skip it.
-        backbone = load_backbone(config.backbone,
-                                 need_vision=config.use_vision and vision_features is None)
-    if config.use_vision and vision_features is None:
-        vision_features = compute_features(config, data, backbone, device=device, log=log)
-    # torch RNG is reseeded after backbone/feature work so model init depends on the seed only
-    seed_everything(config.seed)
-    model = TimesCLIP(config, n_variates=len(data.bands), backbone=backbone).to(device)
-    params = count_parameters(model)
-    if config.use_vision:  # the frozen vision tower belongs in every parameter count
-        vis = backbone.vision_tower_size
-        params = {"total": params["total"] + vis, "trainable": params["trainable"],
-                  "frozen": params["frozen"] + vis}
-
-    run = task_data(config, data, vision_features, device)
-    optimizer = build_optimizer(model, config)
-    scheduler = build_scheduler(optimizer, config)
-
-    # No copy of the initial weights (best_state None): a fresh run's first epoch always
-    # improves on "nothing yet" (a non-finite monitored value raises), so they could never
-    # be the best state.
-    state = Resumed(epoch=0, monitor=MonitorState(config.monitor_metric), best_state=None,
-                    history=[], train_seconds=0.0)
-    if resume_from is not None:
-        state = resume(resume_from, model, optimizer, scheduler, config.monitor_metric)
-        if log:
-            log(f"resumed from epoch {state.epoch} (best {state.monitor.describe()})")
-    monitor, history = state.monitor, state.history
-
-    # A checkpoint written at the last epoch, or after early stopping triggered, is a finished
-    # run: resuming it (e.g. a search restarted after a driver crash) must train nothing and
-    # return what that run returned, not squeeze in one more epoch.
-    stopped_early = monitor.bad_epochs >= config.patience
-    finished = stopped_early or state.epoch >= config.epochs
-    if finished and resume_from is not None and log:
-        log(f"nothing to train: the checkpoint's run already ended at epoch {state.epoch} "
-            f"({'early stopping' if stopped_early else 'last epoch'})")
-
-    ckdir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    if ckdir is not None:
-        ckdir.mkdir(parents=True, exist_ok=True)
-    if finished and ckdir is not None:  # so checkpoint_path names a file here, too
-        save_checkpoints(ckdir, model, optimizer, scheduler, config, data, epoch=state.epoch,
-                         monitor=monitor, best_state=state.best_state, history=history,
-                         seconds=state.train_seconds, improved=True)
-    writer = None if finished else summary_writer(tb_dir, config, hparams)
-    last_epoch = state.epoch if finished else config.epochs
-    epoch = state.epoch
-    loop_start = time.perf_counter()
+    training = Training(config, data, checkpoint_dir=checkpoint_dir, resume_from=resume_from,
+                        vision_features=vision_features, tb_dir=tb_dir, backbone=backbone,
+                        log=log, hparams=hparams)
     try:
-        for epoch in range(state.epoch + 1, last_epoch + 1):
-            epoch_start = time.perf_counter()
-            train_m = _train_epoch(model, optimizer, run.train_batches(epoch), run.n_train,
-                                   config, epoch)
-            val = run.score(model, "val")
-            val_loss = val.regression + (config.contrastive_weight * val.contrastive
-                                         if config.use_contrastive else 0.0)
-            if not math.isfinite(val_loss):
-                raise NonFiniteLossError(epoch, -1, val_loss)
-            val_m = val.metrics
-            lr = optimizer.param_groups[0]["lr"]
-            if config.scheduler == "cosine":
-                scheduler.step()
-            else:
-                # the plateau follows the loss the optimiser minimises (contrastive term
-                # included), not the monitor: it drives optimisation, not model selection
-                scheduler.step(val_loss)
-            metrics = {"epoch": epoch, **train_m, "val_loss": val_loss,
-                       **{f"val_{k}": v for k, v in val_m.items()}, "lr": lr}
-            epoch_seconds = time.perf_counter() - epoch_start  # training + validation
-            history.append(metrics)
-            improved = monitor.update(epoch, metrics)
-            if improved:
-                state.best_state = trainable_state(model)
-            if writer is not None:
-                log_epoch(writer, metrics, epoch,
-                          float(model.contrastive.temperature.detach())
-                          if config.use_contrastive else None)
-            seconds = state.train_seconds + time.perf_counter() - loop_start
-            if ckdir is not None:
-                save_checkpoints(ckdir, model, optimizer, scheduler, config, data, epoch=epoch,
-                                 monitor=monitor, best_state=state.best_state,
-                                 history=history, seconds=seconds, improved=improved)
-            if log:
-                log(_epoch_line(metrics, config.epochs, improved, run.epoch_text(metrics)))
-            stop_early = monitor.bad_epochs >= config.patience
-            if report is not None:
-                # beside the CONTRACT names: the epoch's compute time and the model size,
-                # so a trial stopped early still has both in the search's records
-                # fit_ends: nothing follows this epoch (the budget is spent or early
-                # stopping is about to end the run), so a search that loses the run's
-                # completion can close it from this report rather than resume it
-                extra = {"epoch_seconds": epoch_seconds,
-                         **{f"params_{k}": v for k, v in params.items()},
-                         "fit_ends": stop_early or epoch >= config.epochs}
-                report(epoch, {**metrics, **extra},
-                       str(ckdir) if ckdir is not None else None)
-            if stop_early:
-                stopped_early = True
-                if log:
-                    log(f"early stopping: {monitor.metric} has not improved for "
-                        f"{config.patience} epochs (best {monitor.describe()})")
-                break
+        while not training.done:
+            training.epoch(report)
     finally:
-        if writer is not None:
-            writer.close()
-    train_seconds = state.train_seconds + time.perf_counter() - loop_start
-
-    if state.best_state is not None:
-        load_trainable_state(model, state.best_state)
-    # The best epoch's validation metrics were computed from these very weights (same
-    # batches, eval mode): reuse them rather than a second pass over the val split.
-    best_row = next((h for h in history if int(h["epoch"]) == monitor.best_epoch), None)
-    if best_row is not None:
-        val_final = {k.removeprefix("val_"): float(v) for k, v in best_row.items()
-                     if k.startswith("val_") and k != "val_loss"}
-    else:
-        val_final = run.score(model, "val").metrics
-    test_final = run.score(model, "test").metrics if evaluate_test else None
-    best_value = math.nan if monitor.best_value is None else monitor.best_value
-    return FitResult(best_epoch=monitor.best_epoch, epochs_run=epoch, monitor=monitor.metric,
-                     best_value=best_value, val=val_final, test=test_final, params=params,
-                     train_seconds=round(train_seconds, 3), backbone=config.backbone,
-                     checkpoint_path=str(ckdir / BEST) if ckdir is not None else None,
-                     stopped_early=stopped_early, history=history)
+        training.close()
+    return training.finish(evaluate_test=evaluate_test)
 
 
 def _train_epoch(model: TimesCLIP, optimizer: torch.optim.Optimizer,
@@ -290,5 +378,5 @@ def _epoch_line(m: dict[str, float], epochs: int, improved: bool, scores: str) -
             f"lr {m['lr']:.2e}{'  *' if improved else ''}")
 
 
-__all__ = ["FitResult", "ReportFn", "build_optimizer", "build_scheduler", "fit", "predict",
-           "score"]
+__all__ = ["FitResult", "ReportFn", "Training", "build_optimizer", "build_scheduler", "fit",
+           "predict", "score"]

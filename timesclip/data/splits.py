@@ -115,6 +115,22 @@ class DataBundle:
     synthetic: bool
 
 
+def scaled_split(x_raw: np.ndarray, y_raw: np.ndarray, years: np.ndarray, index: np.ndarray,
+                 scaler: Scaler) -> SplitData:
+    """One split's rows, standardised with `scaler` (fitted on a training split's rows).
+
+    x_raw [n, input_steps, V] (already cropped to the window), y_raw [n] in the yield's own
+    units, years [n], index [n] (row ids in the YieldTable). The one place raw rows become
+    model input: `prepare_data` and the cross-validation folds (`timesclip.data.folds`)
+    both scale through here, each with the scaler of its own training rows.
+    """
+    x_raw = np.ascontiguousarray(x_raw, dtype=np.float32)  # [n, input_steps, V]
+    y_raw = np.asarray(y_raw).astype(np.float64)  # [n]
+    return SplitData(x=scaler.transform_x(x_raw), y=scaler.transform_y(y_raw),
+                     x_raw=x_raw, y_raw=y_raw, years=np.asarray(years).astype(np.int64),
+                     index=np.asarray(index).astype(np.int64))
+
+
 def prepare_data(table: YieldTable, *, input_steps: int, split: str = "random",
                  test_year: int | None = None, val_fraction: float = 0.15,
                  test_fraction: float = 0.15, seed: int = 42) -> DataBundle:
@@ -175,11 +191,7 @@ def prepare_data(table: YieldTable, *, input_steps: int, split: str = "random",
     scaler = Scaler.fit(x_win[parts["train"]], table.y[parts["train"]])
 
     def make(idx: np.ndarray) -> SplitData:
-        x_raw = np.ascontiguousarray(x_win[idx], dtype=np.float32)  # [n, input_steps, V]
-        y_raw = table.y[idx].astype(np.float64)  # [n]
-        return SplitData(x=scaler.transform_x(x_raw), y=scaler.transform_y(y_raw),
-                         x_raw=x_raw, y_raw=y_raw, years=table.years[idx].astype(np.int64),
-                         index=idx.astype(np.int64))
+        return scaled_split(x_win[idx], table.y[idx], table.years[idx], idx, scaler)
 
     settings = {"table": table.fingerprint, "split": split, "test_year": test_year,
                 "input_steps": int(input_steps), "seed": int(seed),
@@ -217,4 +229,5 @@ def load_bundle(config: TrainConfig, paths: Sequence[str | Path] | None, *,
     return bundle
 
 
-__all__ = ["STD_FLOOR", "DataBundle", "Scaler", "SplitData", "load_bundle", "prepare_data"]
+__all__ = ["STD_FLOOR", "DataBundle", "Scaler", "SplitData", "load_bundle", "prepare_data",
+           "scaled_split"]
