@@ -78,3 +78,28 @@ def test_reference_baselines_order_and_progress_lines(small_bundle):
     assert len(lines) == 2 and "gradient boosting" in lines[0] and "done in" in lines[1]
     again = reference_baselines(small_bundle)  # seeded: the same numbers every rebuild
     assert again[2].test == refs[2].test
+
+
+def test_refit_scores_the_chosen_setting_fitted_on_train_and_val(illinois):
+    """Beside a --cv search (whose exported model trained on every training row) each
+    reference's chosen setting is refitted on train + val before test: the choice and its
+    validation numbers are unchanged, the test numbers are those of the refitted model."""
+    from sklearn.linear_model import Ridge
+
+    plain = {r.name: r for r in reference_baselines(illinois)}
+    refit = {r.name: r for r in reference_baselines(illinois, refit=True)}
+    for name in ("mean", "ridge", "hgb"):
+        assert refit[name].refit and not plain[name].refit
+        assert refit[name].extra.keys() == plain[name].extra.keys()
+        assert refit[name].test != plain[name].test
+    assert refit["ridge"].extra == plain["ridge"].extra  # same alpha chosen on val
+    assert refit["ridge"].val == plain["ridge"].val
+    x = np.concatenate([illinois.train.x, illinois.val.x]).reshape(
+        len(illinois.train) + len(illinois.val), -1)
+    y = np.concatenate([illinois.train.y, illinois.val.y])
+    model = Ridge(alpha=refit["ridge"].extra["alpha"]).fit(x, y)
+    pred = illinois.scaler.inverse_y(model.predict(illinois.test.x.reshape(len(illinois.test),
+                                                                            -1)))
+    assert refit["ridge"].test == pytest.approx(regression_metrics(illinois.test.y_raw, pred))
+    all_y = np.concatenate([illinois.train.y_raw, illinois.val.y_raw])
+    assert refit["mean"].extra["train_mean"] == pytest.approx(float(all_y.mean()))

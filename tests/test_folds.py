@@ -144,7 +144,7 @@ def _two_year_bundle(tmp_path):
      "--cv years needs at least 2 training years, the data hold only 2018 (test year "
      "2019); add a season's file or leave --cv out"),
     ("one training year, K folds", 2, DataError,
-     "--cv 2: folds are whole years and the training data hold 1 (2018)"),
+     "--cv 2 needs at least 2 training years, the data hold only 2018 (test year 2019)"),
 ])
 def test_bad_cv_values_are_one_line(case, spec, error, expected, year_config, year_bundle,
                                     tiny_config, small_csvs, tmp_path):

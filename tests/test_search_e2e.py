@@ -573,6 +573,20 @@ PREFLIGHT = {
     "yield-metric-for-forecast": (["--space", "quick", "--task", "forecast", "--data",
                                    "{etth1}"],
                                   "budget.metric val_rmse is not reported by a forecast run"),
+    # --cv: values the flag or the data cannot take, each in one line before Ray starts
+    "cv-one-fold": (["--space", "quick", "--cv", "1"],
+                    "--cv 1: cross-validation needs at least 2 folds"),
+    "cv-more-folds-than-years": (["--space", "quick", "--data", "{y2020}", "{y2021}",
+                                  "{y2022}", "--split", "year", "--test-year", "2022",
+                                  "--cv", "3"],
+                                 "--cv 3: folds are whole years and the training data hold 2 "
+                                 "(2020, 2021)"),
+    "cv-years-one-training-year": (["--space", "quick", "--data", "{y2021}", "{y2022}",
+                                    "--split", "year", "--test-year", "2022", "--cv", "years"],
+                                   "--cv years needs at least 2 training years"),
+    "cv-on-an-ablation": (["--space", "ablation", "--cv", "2"], "--cv 2 applies to a search"),
+    "cv-on-forecasting": (["--space", "forecast", "--data", "{etth1}", "--cv", "3"],
+                          "--cv 3 is for the yield task"),
 }
 
 
@@ -590,8 +604,9 @@ def preflight_runs(tmp_path_factory):
         storage = root / case
         (storage / "taken").mkdir(parents=True)
         (storage / "taken" / "search_meta.json").write_text("{}")
+        seasons = {f"y{p.stem[-4:]}": p for p in illinois_csvs()}
         args = [a.format(bad_space=bad_space, tmp=root, etth1=forecast_csv("ETTh1"),
-                         yield_csv=illinois_csvs()[0]) for a in args]
+                         yield_csv=illinois_csvs()[0], **seasons) for a in args]
         if "--name" not in args:
             args += ["--name", "fresh"]
         if "--storage" not in args:

@@ -45,7 +45,7 @@ from timesclip.data import DataBundle
 from timesclip.data.folds import Folds, all_training
 from timesclip.errors import ConfigError
 from timesclip.features import SPLITS, compute_features
-from timesclip.metrics import TASK_EPOCH_METRICS
+from timesclip.metrics import CV_FOLDS_KEY, TASK_EPOCH_METRICS, fold_key
 from timesclip.model import Backbone, load_backbone
 from timesclip.runtime import apply_threads, resolve_device, seed_everything
 from timesclip.tensorboard import SCALAR_TAGS, log_epoch, summary_writer
@@ -57,12 +57,6 @@ FOLD_DIR = "fold_{k}"
 FOLDS_FILE = "folds.json"
 #: Each fold's own value of these goes into every report as fold<k>_<name>.
 FOLD_REPORTED = ("train_loss", "val_loss", "val_rmse", "val_mae", "val_r2", "val_mape")
-
-
-def fold_key(k: int, name: str) -> str:
-    """The report key of fold k's value of metric `name`: 'fold0_val_rmse' (flat scalars,
-    which Ray's results, the journal's JSON and TensorBoard all carry)."""
-    return f"fold{k}_{name}"
 
 
 def fold_dir(root: str | Path, k: int) -> Path:
@@ -312,7 +306,7 @@ class _MeanRun:
             t0 = self.trainings[0]
             reported = {**mean, "epoch_seconds": seconds,
                         **{f"params_{k}": v for k, v in t0.params.items()},
-                        "cv_folds": len(rows),
+                        CV_FOLDS_KEY: len(rows),
                         **{fold_key(k, n): float(r[n]) for k, r in enumerate(rows)
                            for n in FOLD_REPORTED},
                         "fit_ends": self.done}
@@ -384,4 +378,4 @@ def retrain(config: TrainConfig, bundle: DataBundle, epochs: int, *,
 
 
 __all__ = ["FOLDS_FILE", "FOLD_DIR", "FOLD_REPORTED", "FoldsResult", "fit_folds", "fold_dir",
-           "fold_features", "fold_key", "retrain"]
+           "fold_features", "retrain"]

@@ -6,6 +6,8 @@ not by the error on standardised targets.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 #: |y| below this is treated as this in MAPE, so near-zero yields cannot blow it up.
@@ -46,6 +48,23 @@ FORECAST_EPOCH_METRICS = ("epoch", "train_loss", "train_regression_loss",
                           "train_contrastive_loss", "val_loss", "val_mse", "val_mae", "lr")
 #: TrainConfig.task -> the per-epoch metric names its runs report.
 TASK_EPOCH_METRICS = {"yield": EPOCH_METRICS, "forecast": FORECAST_EPOCH_METRICS}
+
+#: A cross-validated run (timesclip.cv) reports the mean over its folds under the names
+#: above, the number of folds under this key, and each fold's value under fold_key(k, name).
+CV_FOLDS_KEY = "cv_folds"
+_FOLD_KEY = re.compile(r"^fold\d+_[a-z0-9_]+$")
+
+
+def fold_key(k: int, name: str) -> str:
+    """The report key of fold k's value of metric `name`: 'fold0_val_rmse' (flat scalars,
+    which Ray's results, the journal's JSON and TensorBoard all carry)."""
+    return f"fold{k}_{name}"
+
+
+def is_cv_key(key: str) -> bool:
+    """Whether a reported key is one only a cross-validated run reports (a fold's value or
+    the fold count), so that whoever keeps the per-epoch values keeps these too."""
+    return key == CV_FOLDS_KEY or bool(_FOLD_KEY.match(key))
 
 #: Every per-epoch metric a run can be judged by (the trainer's `monitor`, a search's
 #: metric), with the direction that is better. The one owner of these names and modes.

@@ -276,7 +276,8 @@ class Driver:
         setup = TrialSetup(kind=plan.kind, space=plan.space, base_config=plan.base.to_dict(),
                            metric=plan.metric, cpus_per_trial=resources["cpus_per_trial"],
                            feature_key=feature_key(plan.base, plan.data),
-                           experiment=str(self.layout.root), features_ref=features_ref)
+                           experiment=str(self.layout.root), features_ref=features_ref,
+                           cv=plan.cv)
         if plan.kind == "ablation":
             done = [{"ablation": t.params.get("ablation"), "seed": t.params.get("seed")}
                     for t in state.trials.values()]
@@ -387,7 +388,8 @@ class Driver:
             score_best_once(self.layout, state, metric=self.plan.metric, mode=self.plan.mode,
                             data=self.plan.data,
                             base_feature_key=feature_key(self.plan.base, self.plan.data),
-                            features=self.features.features, echo=self.echo)
+                            features=self.features.features, echo=self.echo,
+                            cv=self.plan.cv)
         ledger.record("driver_end", how="finished")
         self._report()
         self.echo(f"tensorboard: tensorboard --logdir {self.layout.trials}")

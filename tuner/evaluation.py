@@ -15,18 +15,28 @@ construction and a disagreement is said in one line. The same forward pass yield
 per-sample predictions and the mean variate-selection attention, stored as plain CSV beside
 it (best_test.json is written last: it marks the scoring as done), so the report reads them
 and never scores the test split again.
+
+A cross-validated search (--cv) selected a configuration and an epoch count by the mean
+over its folds; no single model of the trial is "the" selected one (there is one per fold,
+each trained on part of the training rows). The configuration is retrained on every
+training row for the selected number of epochs (`timesclip.cv.retrain`, into
+`best_retrain/`, last epoch kept) and those weights are scored, once, the same way.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable
 from typing import Any
 
 from timesclip.atomic import write_text
 from timesclip.checkpoint import BEST, safe_load
-from timesclip.data import Bundle, ForecastBundle
+from timesclip.config import TrainConfig
+from timesclip.cv import retrain
+from timesclip.data import Bundle, DataBundle, ForecastBundle
+from timesclip.data.folds import CvSpec
 from timesclip.features import feature_key
 from timesclip.forecast_baselines import forecast_baselines
 from timesclip.forecast_plots import examples_frame, horizon_frame
@@ -40,6 +50,7 @@ from tuner.layout import (
     BEST_HORIZON_FILE,
     BEST_PREDICTIONS_FILE,
     BEST_TEST_FILE,
+    TRAIN_CONFIG_FILE,
     TRIAL_ID,
     ExperimentLayout,
 )
@@ -51,9 +62,11 @@ Echo = Callable[[str], None]
 
 def score_best_once(layout: ExperimentLayout, state: ExperimentState, *, metric: str,
                     mode: str, data: Bundle, base_feature_key: str,
-                    features: dict[str, Any] | None, echo: Echo) -> dict[str, Any] | None:
+                    features: dict[str, Any] | None, echo: Echo,
+                    cv: CvSpec | None = None) -> dict[str, Any] | None:
     """Score the selected trial on the test split unless that was done before; returns
-    best_test.json's payload (None when no trial can be scored)."""
+    best_test.json's payload (None when no trial can be scored). cv: the search's --cv
+    (the selected configuration is retrained first, see the module docstring)."""
     best = select_best(state.trials.values(), metric, mode)
     if best is None:
         echo(f"no trial ended with a finite {metric}: nothing to evaluate")
@@ -66,7 +79,13 @@ def score_best_once(layout: ExperimentLayout, state: ExperimentState, *, metric:
     if not best.checkpoint:
         echo(f"best trial {best.tid} has no checkpoint: test split not scored")
         return None
-    ckdir = layout.checkpoint_dir(best.dirname, best.checkpoint)
+    value, epoch = best_value(best.history, metric, mode)
+    retrained: dict[str, Any] = {}
+    if cv is not None:
+        ckdir, retrained = _retrain_selected(layout, best.dirname, epoch, data, features,
+                                             base_feature_key, echo)
+    else:
+        ckdir = layout.checkpoint_dir(best.dirname, best.checkpoint)
     weights_epoch = int(safe_load(ckdir / BEST, "the trial's checkpoint is damaged").get(
         "epoch", -1))
     model, config, scaler, bands, backbone = load_for_inference(ckdir, device="cpu")
@@ -85,7 +104,6 @@ def score_best_once(layout: ExperimentLayout, state: ExperimentState, *, metric:
         files = {"predictions": BEST_PREDICTIONS_FILE}
     if attention is not None:
         write_csv(attention_frame(attention, bands), layout.best_attention, index=True)
-    value, epoch = best_value(best.history, metric, mode)
     if weights_epoch != epoch:
         echo(f"warning: trial {best.tid} was selected at epoch {epoch} but its best.pt holds "
              f"epoch {weights_epoch} (its monitor is {config.monitor_metric}, the search "
@@ -94,15 +112,40 @@ def score_best_once(layout: ExperimentLayout, state: ExperimentState, *, metric:
                "epoch": weights_epoch, "test": test,
                "checkpoint": str(ckdir.relative_to(layout.root)),
                "evaluated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-               **files,
+               **retrained, **files,
                "attention": BEST_ATTENTION_FILE if attention is not None else None,
                "bands": [str(b) for b in bands],
                "use_variate_selection": bool(config.use_variate_selection)}
     write_text(layout.best_test, json.dumps(payload, indent=2) + "\n")
     shown = ", ".join(f"{m.upper()} {test[m]:.4g}" for m in TASK_METRICS[config.task])
-    echo(f"best trial {best.tid}: {metric} {value:.4f} (epoch {epoch}); test (evaluated "
-         f"once) {shown}, with the weights of epoch {weights_epoch}")
+    how = (f"retrained on all {retrained['retrain_rows']} training rows for {weights_epoch} "
+           "epochs" if retrained else f"with the weights of epoch {weights_epoch}")
+    echo(f"best trial {best.tid}: {metric} {value:.4f}{' (mean over folds)' if cv else ''} "
+         f"(epoch {epoch}); test (evaluated once) {shown}, {how}")
     return payload
+
+
+def _retrain_selected(layout: ExperimentLayout, dirname: str, epochs: int | None,
+                      data: Bundle, features: dict[str, Any] | None, base_feature_key: str,
+                      echo: Echo) -> tuple[Any, dict[str, Any]]:
+    """Retrain a cross-validated search's selected configuration on every training row for
+    `epochs` (its selected epoch); returns the checkpoint folder to score and the fields
+    best_test.json adds. A retrain a killed driver left half done starts again (it is
+    deterministic: same config, same rows, same seed)."""
+    if not isinstance(data, DataBundle) or epochs is None:
+        raise RuntimeError("a cross-validated search selects a yield configuration at an "
+                           "epoch; nothing to retrain")
+    config = TrainConfig.from_yaml(layout.trial_dir(dirname) / TRAIN_CONFIG_FILE)
+    shared = features is not None and feature_key(config, data) == base_feature_key
+    out = layout.best_retrain
+    shutil.rmtree(out, ignore_errors=True)
+    rows = len(data.train) + len(data.val)
+    echo(f"retraining the selected configuration on all {rows} training rows for {epochs} "
+         f"epochs (its cross-validated best) -> {out.name}/")
+    result = retrain(config, data, epochs, checkpoint_dir=out,
+                     vision_features=features if shared else None, tb_dir=out)
+    return out, {"retrain_rows": rows, "retrain_epochs": int(epochs),
+                 "retrain_seconds": result.train_seconds}
 
 
 def _score_forecast(layout: ExperimentLayout, model: Any, config: Any, backbone: Any,

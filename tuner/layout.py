@@ -50,6 +50,9 @@ BEST_ATTENTION_FILE = "best_attention.csv"
 BEST_EXAMPLES_FILE = "best_test_examples.csv"
 #: ... and the MSE per forecast step of TimesCLIP and naive.
 BEST_HORIZON_FILE = "best_test_horizon.csv"
+#: A cross-validated search (--cv): the selected configuration retrained on every training
+#: row, whose last epoch's weights (best.pt) are the ones scored on test.
+BEST_RETRAIN_DIR = "best_retrain"
 
 # ----------------------------------------------------------------------------- trials
 #: Ray's trial folders (and Ray's own state files) live under this sub-directory.
@@ -222,6 +225,10 @@ class ExperimentLayout:
         return self.root / BEST_HORIZON_FILE
 
     @property
+    def best_retrain(self) -> Path:
+        return self.root / BEST_RETRAIN_DIR
+
+    @property
     def trials(self) -> Path:
         return self.root / TRIALS_DIR
 
@@ -253,7 +260,7 @@ class ExperimentLayout:
 
 __all__ = ["ABLATION_CSV", "ABLATION_MD", "ASHA_RESTORED_FILE", "ASHA_STATE_FILE",
            "BEST_ATTENTION_FILE", "BEST_CONFIG", "BEST_EXAMPLES_FILE", "BEST_HORIZON_FILE",
-           "BEST_PREDICTIONS_FILE", "BEST_TEST_FILE",
+           "BEST_PREDICTIONS_FILE", "BEST_RETRAIN_DIR", "BEST_TEST_FILE",
            "CHECKPOINT_PREFIX", "FIGURES_DIR", "FINAL_FILE", "INDEX_HTML", "JOURNAL_FILE",
            "LEGACY_OPTUNA_DB", "LOCK_FILE", "META_FILE", "OPTUNA_JOURNAL", "REPORT_DIR",
            "SUMMARY_MD", "TRAIN_CONFIG_FILE", "TRIALS_CSV", "TRIALS_DIR", "TRIALS_PARQUET",

@@ -25,7 +25,7 @@ from enum import Enum
 from typing import Any, Protocol, TypeVar
 
 from timesclip.errors import ConfigError
-from timesclip.metrics import EPOCH_METRICS, METRIC_MODES, better
+from timesclip.metrics import EPOCH_METRICS, METRIC_MODES, better, is_cv_key
 
 
 class Status(str, Enum):
@@ -80,6 +80,13 @@ CONTINUE, STOP = "continue", "stop"
 #: names (`timesclip.metrics`), its extras, and Ray's timing.
 KEPT_METRICS = (*EPOCH_METRICS, "val_mse", "epoch_seconds", "params_total",
                 "params_trainable", "params_frozen", "time_this_iter_s")
+
+
+def kept_metrics(result: dict[str, Any]) -> dict[str, Any]:
+    """What the journal keeps of one reported epoch: KEPT_METRICS, and a cross-validated
+    trial's fold values and fold count (`timesclip.cv.is_cv_key`)."""
+    kept = {k: result[k] for k in KEPT_METRICS if k in result}
+    return {**kept, **{k: result[k] for k in sorted(result) if is_cv_key(k)}}
 #: The result key naming the checkpoint folder of a reported epoch (journaled as `ckpt`).
 CKPT_KEY = "ckpt"
 #: The trainer's flag on the last epoch its fit() trains (budget spent or early stopping).
@@ -192,4 +199,4 @@ def optuna_state(status: str, stopped_by: str, value: Any,
 __all__ = ["CKPT_KEY", "CONTINUE", "DIVERGED_DETAILS", "DIVERGED_KEY", "ENDED", "FIT_ENDS_KEY",
            "KEPT_METRICS", "METRIC_MODES", "REPEAT_KEY", "STOP", "STORAGE_FULL_KEY",
            "UNFINISHED", "Proposer", "Status", "StopReason", "best_value", "classify_end",
-           "end_decided", "metric_mode", "optuna_state", "select_best"]
+           "end_decided", "kept_metrics", "metric_mode", "optuna_state", "select_best"]

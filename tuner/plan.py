@@ -31,6 +31,7 @@ from typing import Any
 from timesclip.cli_args import DATA_FIELDS
 from timesclip.config import TrainConfig
 from timesclip.data import Bundle, load_bundle
+from timesclip.data.folds import CvSpec, Folds, cv_folds, parse_cv
 from timesclip.errors import UserError
 from timesclip.feature_cache import default_cache_dir
 from timesclip.metrics import TASK_EPOCH_METRICS
@@ -52,7 +53,7 @@ RESOURCE_FLAGS = ("cpus_per_trial", "gpus_per_trial")
 _NOT_FOR_ABLATION = ("num_samples", "grace_period", "reduction_factor")
 #: What must not change between the first run and a --resume of an experiment.
 RESUME_KEYS = ("space", "kind", "metric", "mode", "backbone", "base_config", "budget",
-               "searcher", "scheduler", "seed", "sampled_names")
+               "searcher", "scheduler", "seed", "sampled_names", "cv")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -81,6 +82,10 @@ class SearchPlan:
     #: the Optuna study's name: the experiment's name when it was started (a copied and
     #: renamed experiment folder keeps its study)
     study_name: str = ""
+    #: --cv: each trial trains one model per fold and reports the mean (None: the single
+    #: validation split); `folds` are the folds it cut, checked before Ray starts
+    cv: CvSpec | None = None
+    folds: Folds | None = None
 
     @property
     def metric(self) -> str:
@@ -112,11 +117,20 @@ class SearchPlan:
                         if self.scheduler == "asha" else "FIFO"))
         toy = " (random toy towers: numbers say nothing about pretrained CLIP)"
         d = self.data
-        return [f"experiment {self.name} -> {self.layout.root}",
-                f"space {self.space.name} ({self.kind}): {what}",
-                f"data: {d.description}; train {len(d.train)}, val {len(d.val)}, "
-                f"test {len(d.test)}",
-                f"backbone: {self.base.backbone}{toy if self.base.backbone == 'tiny' else ''}"]
+        lines = [f"experiment {self.name} -> {self.layout.root}",
+                 f"space {self.space.name} ({self.kind}): {what}",
+                 f"data: {d.description}; train {len(d.train)}, val {len(d.val)}, "
+                 f"test {len(d.test)}",
+                 f"backbone: {self.base.backbone}"
+                 f"{toy if self.base.backbone == 'tiny' else ''}"]
+        if self.folds is not None:
+            pool = len(d.train) + len(d.val)
+            lines.append(f"selection: --cv {self.cv}, {self.metric} is the mean over "
+                         f"{len(self.folds)} folds of the {pool} training rows ("
+                         + "; ".join(self.folds.held_out) + " held out in turn); the "
+                         "selected configuration is retrained on all of them and scored on "
+                         "test once")
+        return lines
 
     def meta(self) -> dict[str, Any]:
         """search_meta.json: what this experiment is (read by --resume and tuner.results)."""
@@ -140,6 +154,8 @@ class SearchPlan:
                                               "reduction_factor", "max_concurrent",
                                               "startup_trials", "constant_liar")},
             "searcher": self.searcher, "scheduler": self.scheduler,
+            "cv": self.cv,
+            "folds": None if self.folds is None else list(self.folds.held_out),
             "seed": self.base.seed, "resources": dataclasses.asdict(self.resources),
             "versions": versions(),
             "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -190,7 +206,9 @@ def make_plan(args: argparse.Namespace, argv: Sequence[str],
                         "it or choose another --name")
     if args.resume:  # a damaged journal stops the resume here, before anything is written
         load_state(layout.root)
+    cv = _cv_spec(space, base, args.cv)
     data = load_bundle(base, args.data)
+    folds = None if cv is None else cv_folds(base, data, cv)  # a data short of folds: here
     plan = SearchPlan(
         space=space, base=base, budget=budget, resources=resources,
         searcher="grid" if space.kind == "ablation" else args.searcher,
@@ -201,7 +219,7 @@ def make_plan(args: argparse.Namespace, argv: Sequence[str],
         feature_cache=None if args.no_feature_cache else (
             Path(args.feature_cache).expanduser() if args.feature_cache
             else default_cache_dir()),
-        argv=tuple(argv), study_name=name)
+        argv=tuple(argv), study_name=name, cv=cv, folds=folds)
     if plan.resume:
         stored = check_resume_meta(layout, plan.meta())
         plan = dataclasses.replace(plan, study_name=str(stored.get("name") or name))
@@ -237,6 +255,23 @@ def _resources(space: SearchSpace, args: argparse.Namespace) -> Resources:
     flags = {k: getattr(args, k) for k in RESOURCE_FLAGS if getattr(args, k) is not None}
     raw = {**dataclasses.asdict(space.resources), **flags}
     return check_resources(raw, where=_namer(flags, space.path, "resources"))
+
+
+def _cv_spec(space: SearchSpace, base: TrainConfig, value: str | None) -> CvSpec | None:
+    """--cv checked against the space and the task before any data is read (cutting the
+    folds, after the data, finds a value the data cannot fill: more folds than training
+    years, one training year)."""
+    if value is None:
+        return None
+    spec = parse_cv(value)
+    if space.kind == "ablation":
+        raise UserError(f"--cv {spec} applies to a search: an ablation trains every arm to "
+                        "--max-epochs and scores each on test, nothing is selected; drop --cv")
+    if base.task != "yield":
+        raise UserError(f"--cv {spec} is for the yield task: a forecasting file's validation "
+                        "split holds thousands of windows, so selecting on it is not "
+                        "small-sample noise (and its splits are contiguous in time); drop --cv")
+    return spec
 
 
 def _with_seeds(space: SearchSpace, text: str) -> SearchSpace:

@@ -70,6 +70,15 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--scheduler", choices=("asha", "fifo"), default="asha",
                    help="asha (stop weak trials early, default) or fifo (every trial runs "
                         "to --max-epochs or its own early stopping)")
+    b.add_argument("--cv", metavar="K|years",
+                   help="yield task: select by cross-validation instead of the one validation "
+                        "split. Every non-test row is cut into K folds (whole training years "
+                        "with --split year, rows with --split random; 'years' leaves one year "
+                        "out at a time); a trial trains one model per fold, in lockstep, and "
+                        "reports the mean over folds each epoch, which ASHA and the sampler "
+                        "use. The selected configuration is retrained on all training rows "
+                        "for its selected epochs and scored on test once. Costs K times the "
+                        "compute of a trial; see benchmarks/RESULTS.md for what it buys")
     r = p.add_argument_group("resources and cluster")
     r.add_argument("--gpus-per-trial", type=float, metavar="F",
                    help="GPUs per trial; fractions share a GPU (0.25 = four trials per GPU)")

@@ -34,7 +34,9 @@ from ray import tune
 
 from timesclip.atomic import TMP_SUFFIX, write_text
 from timesclip.config import TrainConfig
+from timesclip.cv import FoldsResult, fit_folds
 from timesclip.data import DataBundle
+from timesclip.data.folds import CvSpec, cv_folds
 from timesclip.errors import NonFiniteLossError
 from timesclip.features import feature_key
 from timesclip.model import Backbone, load_backbone
@@ -69,6 +71,7 @@ class TrialSetup:
     feature_key: str  # the features behind features_ref are valid for trials with this key
     experiment: str  # the experiment folder (absolute; on a cluster, shared by every node)
     features_ref: Any = None  # ObjectRef of the shared vision features, or None
+    cv: CvSpec | None = None  # --cv: each trial is fit_folds over these folds of its data
 
     @property
     def layout(self) -> ExperimentLayout:
@@ -254,13 +257,19 @@ def _train_trial(trial_params: dict[str, Any], data: DataBundle, setup: TrialSet
                 return
             send(epoch, metrics, checkpoint_dir)
 
+        backbone = _cached_backbone(config.backbone, config.use_vision and features is None)
         try:
-            result = fit(config, data, report=report, checkpoint_dir=work / "ckpt",
-                         resume_from=resume_from, vision_features=features,
-                         backbone=_cached_backbone(config.backbone,
-                                                   config.use_vision and features is None),
-                         evaluate_test=setup.kind == "ablation", tb_dir=trial_dir,
-                         hparams=trial_hparams(trial_params, setup))
+            result: FitResult | FoldsResult
+            if setup.cv is not None:  # one model per fold, the mean reported (timesclip.cv)
+                result = fit_folds(config, cv_folds(config, data, setup.cv), report=report,
+                                   checkpoint_dir=work / "ckpt", resume_from=resume_from,
+                                   vision_features=features, backbone=backbone,
+                                   tb_dir=trial_dir, hparams=trial_hparams(trial_params, setup))
+            else:
+                result = fit(config, data, report=report, checkpoint_dir=work / "ckpt",
+                             resume_from=resume_from, vision_features=features,
+                             backbone=backbone, evaluate_test=setup.kind == "ablation",
+                             tb_dir=trial_dir, hparams=trial_hparams(trial_params, setup))
         except NonFiniteLossError as exc:
             tune.report({**{k: math.nan for k in (setup.metric, "val_loss")}, **last,
                          "epoch": exc.epoch, DIVERGED_KEY: True, "diverged_epoch": exc.epoch,
@@ -301,7 +310,8 @@ def publish_checkpoint(source: Path, trial_dir: Path, epoch: int,
     """Publish fit()'s checkpoint files of `epoch` as `trial_dir/checkpoint_<epoch>`; returns
     that folder's name (the result's `ckpt`, which the journal records).
 
-    The files are hard-linked: fit() replaces its files atomically (a new inode per save),
+    The files are hard-linked (sub-folders too: a cross-validated trial's fold_<k>/ and
+    its folds.json): fit() replaces its files atomically (a new inode per save),
     so a published folder never changes afterwards, and an unchanged best.pt is shared by
     consecutive epochs. (A copy where links are not possible.) This replaces Ray's
     checkpoint persistence, which copied every file again on each report; resume and
@@ -313,12 +323,14 @@ def publish_checkpoint(source: Path, trial_dir: Path, epoch: int,
     if dest.exists():  # the same epoch trained again after its result was lost
         shutil.rmtree(dest)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=trial_dir))
-    for path in source.iterdir():
+    for path in sorted(source.rglob("*")):
         if path.is_file() and not path.name.endswith(TMP_SUFFIX):
+            target = tmp / path.relative_to(source)
+            target.parent.mkdir(parents=True, exist_ok=True)
             try:
-                os.link(path, tmp / path.name)
+                os.link(path, target)
             except OSError:  # a filesystem without hard links
-                shutil.copy2(path, tmp / path.name)
+                shutil.copy2(path, target)
     tmp.replace(dest)
     for old in old_checkpoints(trial_dir, keep):
         if old.name < name:  # never a newer folder (left by a run whose result was lost)
@@ -346,10 +358,11 @@ def _node_id() -> str:
         return ""
 
 
-def _write_final(path: Path, result: FitResult, config: TrainConfig,
+def _write_final(path: Path, result: FitResult | FoldsResult, config: TrainConfig,
                  trial_params: dict[str, Any]) -> None:
-    """final.json marks a trial that ran to its end (ASHA-stopped trials never write it)."""
-    payload = {
+    """final.json marks a trial that ran to its end (ASHA-stopped trials never write it).
+    A cross-validated trial's values are the means over its folds (`cv`, `fold_values`)."""
+    payload: dict[str, Any] = {
         "epochs_run": result.epochs_run, "monitor": result.monitor,
         "best_epoch": result.best_epoch, "best_value": result.best_value,
         "stopped_early": result.stopped_early,
@@ -357,4 +370,7 @@ def _write_final(path: Path, result: FitResult, config: TrainConfig,
         "train_seconds": result.train_seconds, "backbone": result.backbone,
         "ablation": trial_params.get("ablation"), "seed": config.seed,
     }
+    if isinstance(result, FoldsResult):
+        payload.update(cv=result.spec, held_out=result.held_out,
+                       fold_values=result.fold_values)
     write_text(path, json.dumps(payload, indent=2) + "\n")

@@ -149,8 +149,8 @@ def cv_folds(config: TrainConfig, bundle: DataBundle, spec: CvSpec) -> Folds:
     if bundle.split == "year":
         years = sorted({int(y) for y in np.unique(pool["years"])})
         held = f"(test year {bundle.test_year})"
-        if spec == CV_YEARS and len(years) < 2:
-            raise DataError(f"--cv years needs at least 2 training years, the data hold only "
+        if len(years) < 2:  # folds of whole years need two years to alternate
+            raise DataError(f"--cv {spec} needs at least 2 training years, the data hold only "
                             f"{', '.join(map(str, years))} {held}; add a season's file or "
                             "leave --cv out")
         k = len(years) if spec == CV_YEARS else int(spec)

@@ -78,18 +78,22 @@ class BaselineResult:
     params: int  # number of fitted numbers (all trainable)
     detail: str  # one line for the table's note column
     extra: dict[str, float] = field(default_factory=dict)
+    refit: bool = False  # test scored after a refit on train + val (beside a --cv search)
 
 
-def mean_baseline(data: DataBundle) -> BaselineResult:
-    """Predict the training-split mean yield for every sample (R² ~ 0 by construction)."""
-    mean = float(np.mean(data.train.y_raw))  # own units
+def mean_baseline(data: DataBundle, *, refit: bool = False) -> BaselineResult:
+    """Predict the training-split mean yield for every sample (R² ~ 0 by construction);
+    refit: the mean of train + val (a cross-validated search's retrain sees both)."""
+    y = np.concatenate([data.train.y_raw, data.val.y_raw]) if refit else data.train.y_raw
+    mean = float(np.mean(y))  # own units
     return BaselineResult(
         name="mean",
         test=regression_metrics(data.test.y_raw, np.full(len(data.test), mean)),
         val=regression_metrics(data.val.y_raw, np.full(len(data.val), mean)),
         params=1,
-        detail=f"predicts the training mean yield ({mean:.4g})",
-        extra={"train_mean": mean},
+        detail=f"predicts the training mean yield ({mean:.4g})"
+               + (f", of train + val ({len(y)} rows)" if refit else ""),
+        extra={"train_mean": mean}, refit=refit,
     )
 
 
@@ -97,11 +101,21 @@ def _flat(x: np.ndarray) -> np.ndarray:
     return np.asarray(x, dtype=np.float64).reshape(len(x), -1)  # [N, T*V]
 
 
-def ridge_baseline(data: DataBundle, alphas: Sequence[float] = RIDGE_ALPHAS) -> BaselineResult:
+def _refit_rows(data: DataBundle) -> tuple[np.ndarray, np.ndarray]:
+    """Train + val, train-scaled: what a chosen setting is refitted on when the search it
+    stands beside retrained its own selection on every training row (--cv)."""
+    x = np.concatenate([_flat(data.train.x), _flat(data.val.x)])  # [N_train + N_val, T*V]
+    return x, np.concatenate([data.train.y, data.val.y]).astype(np.float64)
+
+
+def ridge_baseline(data: DataBundle, alphas: Sequence[float] = RIDGE_ALPHAS, *,
+                   refit: bool = False) -> BaselineResult:
     """Linear ridge regression on the flattened, train-scaled input window.
 
     Fitted on train for every alpha; the alpha with the lowest validation RMSE is kept (the
     model is already fitted on train only, so no refit is needed and test stays unseen).
+    refit: the chosen alpha is fitted again on train + val before test is scored (as a
+    cross-validated search retrains its selection), its `val` still the choosing fit's.
     """
     from sklearn.linear_model import Ridge
 
@@ -118,6 +132,8 @@ def ridge_baseline(data: DataBundle, alphas: Sequence[float] = RIDGE_ALPHAS) -> 
         raise ValueError("no ridge penalty gave a finite validation RMSE (or none was given)")
     _, alpha, model = best
     val = regression_metrics(data.val.y_raw, data.scaler.inverse_y(model.predict(x_val)))
+    if refit:
+        model = Ridge(alpha=alpha).fit(*_refit_rows(data))
     test = regression_metrics(data.test.y_raw, data.scaler.inverse_y(model.predict(x_test)))
     return BaselineResult(
         name="ridge",
@@ -125,19 +141,21 @@ def ridge_baseline(data: DataBundle, alphas: Sequence[float] = RIDGE_ALPHAS) -> 
         val=val,
         params=int(x_train.shape[1]) + 1,
         detail=(f"ridge on the flattened scaled window ({x_train.shape[1]} inputs), "
-                f"alpha={alpha:g} chosen on val"),
-        extra={"alpha": alpha},
+                f"alpha={alpha:g} chosen on val"
+                + (", refitted on train + val" if refit else "")),
+        extra={"alpha": alpha}, refit=refit,
     )
 
 
 def hgb_baseline(data: DataBundle, grid: Sequence[dict[str, Any]] = HGB_GRID, *,
-                 seed: int = HGB_SEED) -> BaselineResult:
+                 seed: int = HGB_SEED, refit: bool = False) -> BaselineResult:
     """Gradient boosting (scikit-learn's HistGradientBoostingRegressor) on the flattened,
     train-scaled input window.
 
     Every setting of `grid` is fitted on train with a fixed seed and no internal early
     stopping (which would carve its own validation set out of train); the setting with the
-    lowest validation RMSE is kept and only that model is scored on test.
+    lowest validation RMSE is kept and only that model is scored on test (refit: that
+    setting fitted again on train + val first, as in `ridge_baseline`).
     """
     from sklearn.ensemble import HistGradientBoostingRegressor
     from threadpoolctl import threadpool_limits
@@ -161,6 +179,9 @@ def hgb_baseline(data: DataBundle, grid: Sequence[dict[str, Any]] = HGB_GRID, *,
                              "the grid is empty)")
         _, setting, model = best
         val_pred = data.scaler.inverse_y(model.predict(x_val))
+        if refit:
+            model = HistGradientBoostingRegressor(**setting, early_stopping=False,
+                                                  random_state=seed).fit(*_refit_rows(data))
         test_pred = data.scaler.inverse_y(model.predict(x_test))
     val = regression_metrics(data.val.y_raw, val_pred)
     test = regression_metrics(data.test.y_raw, test_pred)
@@ -174,23 +195,27 @@ def hgb_baseline(data: DataBundle, grid: Sequence[dict[str, Any]] = HGB_GRID, *,
         val=val,
         params=int(nodes),
         detail=(f"gradient boosting on the flattened scaled window ({x_train.shape[1]} "
-                f"inputs), {shown} chosen on val from {len(grid)} settings, seed {seed}"),
-        extra={k: float(v) for k, v in setting.items()},
+                f"inputs), {shown} chosen on val from {len(grid)} settings, seed {seed}"
+                + (", refitted on train + val" if refit else "")),
+        extra={k: float(v) for k, v in setting.items()}, refit=refit,
     )
 
 
-def reference_baselines(data: DataBundle, *,
-                        echo: Callable[[str], Any] | None = None) -> list[BaselineResult]:
+def reference_baselines(data: DataBundle, *, echo: Callable[[str], Any] | None = None,
+                        refit: bool = False) -> list[BaselineResult]:
     """Every reference, in the order the tables list them.
 
     `echo` gets one line before and after the gradient-boosting grid, the only part that
-    takes noticeable time (seconds on a few thousand rows)."""
-    out = [mean_baseline(data), ridge_baseline(data)]
+    takes noticeable time (seconds on a few thousand rows). refit: each chosen setting is
+    refitted on train + val before scoring test (beside a cross-validated search, whose
+    exported model trained on every training row too)."""
+    out = [mean_baseline(data, refit=refit), ridge_baseline(data, refit=refit)]
     started = time.perf_counter()
     if echo is not None:
         echo(f"baselines: gradient boosting, {len(HGB_GRID)} settings fitted on "
-             f"{len(data.train)} training rows, chosen on validation ...")
-    out.append(hgb_baseline(data))
+             f"{len(data.train)} training rows, chosen on validation"
+             + (", the chosen one refitted on train + val" if refit else "") + " ...")
+    out.append(hgb_baseline(data, refit=refit))
     if echo is not None:
         echo(f"baselines: gradient boosting done in {time.perf_counter() - started:.1f}s")
     return out
@@ -244,7 +269,8 @@ def reference_results(meta: dict[str, Any], data_bundle: DataBundle | None, *,
     try:
         if isinstance(data_bundle, ForecastBundle):
             return forecast_references(data_bundle, echo=echo), ""
-        return reference_baselines(data_bundle, echo=echo), ""
+        return reference_baselines(data_bundle, echo=echo,
+                                   refit=meta.get("cv") is not None), ""
     except (ValueError, np.linalg.LinAlgError) as exc:
         return None, f"baseline fit failed ({clip_line(str(exc), 120)})"
 

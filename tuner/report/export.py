@@ -76,7 +76,9 @@ def export_best_config(path: Path, best: BestTrial, meta: dict[str, Any],
         "space": meta.get("space"),
         TRIAL_ID: best.trial_id,
         "metric": {"name": best.metric, "mode": meta.get("mode", "min"),
-                   "value": best.value, "epoch": best.epoch, "split": "validation"},
+                   "value": best.value, "epoch": best.epoch,
+                   "split": "validation" if meta.get("cv") is None else
+                   f"mean over the folds of --cv {meta['cv']}"},
         "data": {"description": data.get("description"), "fingerprint": data.get("fingerprint"),
                  "synthetic": data.get("synthetic"), "paths": data.get("paths")},
         "backbone": config.backbone,
@@ -87,6 +89,12 @@ def export_best_config(path: Path, best: BestTrial, meta: dict[str, Any],
         if str(best_test.get(TRIAL_ID)) == best.trial_id:
             provenance["test"] = {"split": "test", "evaluated": "once, for this configuration",
                                   **(best_test.get("test") or {})}
+            if "retrain_rows" in best_test:  # --cv: the score of the retrain, not a fold
+                provenance["test"]["model"] = (
+                    f"retrained on all {best_test['retrain_rows']} training rows (train + "
+                    f"val) for {best_test.get('retrain_epochs')} epochs, last epoch kept "
+                    f"({best_test.get('checkpoint')}); `timesclip train --config` on this "
+                    "file trains on the train split alone")
         else:
             provenance["test_note"] = (f"{BEST_TEST_FILE} holds trial "
                                        f"{best_test.get('trial_id')}, not this one")

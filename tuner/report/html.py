@@ -44,7 +44,15 @@ from tuner.report.baselines import REFERENCE_LABELS, REFERENCE_ROWS, BaselineRes
 from tuner.report.export import BestTrial
 from tuner.report.figures import Drawer, FigureContext, figure_sections
 from tuner.report.read import Experiment
-from tuner.report.text import METRIC_NAMES, fmt, pm, proposers_line, provenance
+from tuner.report.text import (
+    METRIC_NAMES,
+    fmt,
+    pm,
+    proposers_line,
+    provenance,
+    retrain_note,
+    selection_line,
+)
 
 TEMPLATE = "index.html.j2"
 #: Columns of the page's trials table (those present; test_* only once a trial has them).
@@ -203,7 +211,8 @@ def write_html_report(directory: Path, experiment: Experiment, *, trials: pd.Dat
         heading="Ablation" if kind == "ablation" else "Search",
         name=str(meta.get("name", "?")), kind=kind, space=meta.get("space", "?"),
         searcher=meta.get("searcher", "?"), scheduler=meta.get("scheduler", "?"),
-        proposers=proposers_line(meta, trials),
+        proposers=proposers_line(meta, trials), selection=selection_line(meta),
+        retrained=retrain_note(experiment.best_test), cv=meta.get("cv"),
         seed=meta.get("seed", "?"), started=meta.get("started", "?"),
         synthetic=bool(data.get("synthetic")), description=data.get("description", "?"),
         fingerprint=data.get("fingerprint", "?"), backbone=str(meta.get("backbone", "?")),

@@ -30,7 +30,16 @@ from tuner.report.baselines import REFERENCE_MEANINGS, REFERENCE_ROWS, BaselineR
 from tuner.report.export import BestTrial
 from tuner.report.read import Progress, metrics_of, task_of
 from tuner.report.tables import METRICS, config_columns
-from tuner.report.text import METRIC_NAMES, backbone_line, data_line, fmt, pm, proposers_line
+from tuner.report.text import (
+    METRIC_NAMES,
+    backbone_line,
+    data_line,
+    fmt,
+    pm,
+    proposers_line,
+    retrain_note,
+    selection_line,
+)
 
 #: The rung table's count columns: every way a trial can end, and nothing else.
 RUNG_COLUMNS = {StopReason.ASHA: "stopped by ASHA", StopReason.EARLY_STOPPING: "early stopping",
@@ -107,15 +116,14 @@ def write_summary(path: Path, meta: dict[str, Any], trials: pd.DataFrame,
                   progress: Progress | None = None) -> None:
     """summary.md: what ran, on which backbone and data, how it ended, and what won."""
     kind = meta.get("kind", "search")
-    metric, mode = meta.get("metric", "val_rmse"), meta.get("mode", "min")
+    metric = meta.get("metric", "val_rmse")
     budget = meta.get("budget") or {}
     names = config_columns(meta)
     out = [f"# Search report: {meta.get('name', '?')}", ""]
     out += [f"- space: `{meta.get('space', '?')}` (kind: {kind})",
             f"- {backbone_line(str(meta.get('backbone', '?')))}",
             f"- {data_line(meta)}",
-            f"- selection: {metric} ({mode}) on the validation split; the test split is "
-            "never used to choose",
+            f"- selection: {selection_line(meta)}",
             "- budget: " + ", ".join(f"{k}={v}" for k, v in budget.items()),
             f"- search: {meta.get('searcher', 'tpe')} sampler, "
             f"{meta.get('scheduler', 'asha')} scheduler, seed {meta.get('seed', '?')}",
@@ -169,7 +177,8 @@ def write_summary(path: Path, meta: dict[str, Any], trials: pd.DataFrame,
         if ablation is not None:
             out += [ablation_markdown_table(ablation, metrics_of(meta)), ""]
     else:
-        out += _best_section(metric, best, best_test, references, metrics_of(meta))
+        out += _best_section(metric, best, best_test, references, metrics_of(meta),
+                             cv=meta.get("cv"))
     if notes:
         out += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
     path.write_text("\n".join(out))
@@ -196,26 +205,29 @@ def _failures(trials: pd.DataFrame) -> list[str]:
 
 def _best_section(metric: str, best: BestTrial | None, best_test: dict[str, Any] | None,
                   references: list[BaselineResult] | None,
-                  metrics: Sequence[str]) -> list[str]:
+                  metrics: Sequence[str], cv: Any = None) -> list[str]:
     out = ["## Best configuration", ""]
     if best is None:
         return out + [f"No trial without an error has both a finite {metric} and a stored "
                       f"{TRAIN_CONFIG_FILE}: {BEST_CONFIG} was not written.", ""]
     out += [f"- trial `{best.trial_id}`: {metric} = {fmt(best.value)} at epoch "
-            f"{fmt(best.epoch)} (validation split)",
+            f"{fmt(best.epoch)} ("
+            + (f"mean over the --cv {cv} folds)" if cv is not None else "validation split)"),
             f"- exported to {BEST_CONFIG} (a complete TrainConfig + provenance; "
             f"run it with `python -m timesclip train --config {BEST_CONFIG}`)"]
     if best_test is not None:
         test = best_test.get("test") or {}
         out.append("- test split, evaluated once for the exported configuration"
                    f" (trial `{best_test.get('trial_id')}`): "
-                   + ", ".join(f"{METRIC_NAMES[k]} {fmt(test.get(k))}" for k in metrics))
+                   + ", ".join(f"{METRIC_NAMES[k]} {fmt(test.get(k))}" for k in metrics)
+                   + (f"; scored with {note}" if (note := retrain_note(best_test)) else ""))
         if str(best_test.get(TRIAL_ID)) != best.trial_id:
             out.append(f"- note: {BEST_TEST_FILE} was evaluated for trial "
                        f"`{best_test.get('trial_id')}`, not for `{best.trial_id}`")
         for ref in references or []:
             meaning = REFERENCE_MEANINGS.get(ref.name, ref.name)
-            out.append(f"- {meaning} (same test split): "
+            refit = "; refitted on train + val, as the retrain" if ref.refit else ""
+            out.append(f"- {meaning} (same test split{refit}): "
                        + ", ".join(f"{METRIC_NAMES[k]} {fmt(ref.test.get(k))}"
                                    for k in metrics))
     else:

@@ -76,6 +76,28 @@ def provenance(meta: dict[str, Any]) -> str:
     return f"{kind}: {data.get('description', '?')} · {bb}"
 
 
+def selection_line(meta: dict[str, Any]) -> str:
+    """How a search chose (summary.md and index.html): the one validation split, or the
+    mean over the folds of --cv and the retrain its test score belongs to."""
+    metric, mode = meta.get("metric", "val_rmse"), meta.get("mode", "min")
+    folds = meta.get("folds")
+    if meta.get("cv") is None or not folds:
+        return (f"{metric} ({mode}) on the validation split; the test split is never used "
+                "to choose")
+    return (f"{metric} ({mode}) as the mean over {len(folds)} cross-validation folds (--cv "
+            f"{meta['cv']}: {'; '.join(map(str, folds))} held out in turn); the selected "
+            "configuration was retrained on every training row for its selected epochs, and "
+            "only that model was scored on test")
+
+
+def retrain_note(best_test: dict[str, Any] | None) -> str | None:
+    """What the test score of a cross-validated search belongs to (None otherwise)."""
+    if not best_test or "retrain_rows" not in best_test:
+        return None
+    return (f"the configuration retrained on all {best_test['retrain_rows']} training rows "
+            f"for {best_test.get('retrain_epochs')} epochs (the last epoch's weights)")
+
+
 def proposers_line(meta: dict[str, Any], trials: pd.DataFrame) -> str | None:
     """Who proposed the trials: how many came from TPE's model and how many were its random
     start-up (None for a search without TPE, or an earlier version's experiment)."""
@@ -97,4 +119,5 @@ def short(exc: BaseException, limit: int = 160) -> str:
 
 
 __all__ = ["METRIC_LABELS", "METRIC_NAMES", "backbone_line", "data_line", "fmt",
-           "metric_label", "pm", "proposers_line", "provenance", "short"]
+           "metric_label", "pm", "proposers_line", "provenance", "retrain_note",
+           "selection_line", "short"]

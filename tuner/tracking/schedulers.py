@@ -29,10 +29,10 @@ from tuner.outcomes import (
     DIVERGED_DETAILS,
     DIVERGED_KEY,
     FIT_ENDS_KEY,
-    KEPT_METRICS,
     REPEAT_KEY,
     STOP,
     STORAGE_FULL_KEY,
+    kept_metrics,
 )
 from tuner.tracking.ledger import Ledger
 
@@ -83,7 +83,7 @@ class _JournalingScheduler:
             fields["diverged"] = {k.removeprefix("diverged_"): result.get(k)
                                   for k in DIVERGED_DETAILS}
         else:
-            fields["metrics"] = {k: result[k] for k in KEPT_METRICS if k in result}
+            fields["metrics"] = kept_metrics(result)
             fields["ckpt"] = result.get(CKPT_KEY)
             if result.get(FIT_ENDS_KEY):
                 fields["fit_ends"] = True
