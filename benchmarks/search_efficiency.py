@@ -90,6 +90,7 @@ from scipy import stats
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.data_files import DATA_ENV, DATA_PRESETS, find_data, places_text  # noqa: E402
 from timesclip.errors import UserError  # noqa: E402
 from timesclip.metrics import better  # noqa: E402
 from tuner.journal import load_state, read_events  # noqa: E402
@@ -118,12 +119,6 @@ DEFAULT_STRATEGIES = ["random+FIFO", "TPE+FIFO", "random+ASHA", "TPE+ASHA", "TPE
 #: The reference every strategy is read against, and the strategy of the headline.
 BASELINE, HEADLINE = "random+FIFO", "TPE+ASHA"
 
-#: Preset data sets: folder under shared/data, file pattern, the search flags they need.
-DATA_PRESETS: dict[str, tuple[str, str, list[str]]] = {
-    "illinois": ("yield_illinois_soybean", "illinois_soybean_*.csv",
-                 ["--split", "year", "--test-year", "2022", "--input-steps", "12"]),
-}
-
 #: (trial-epochs spent, trial-seconds spent, best value so far) after each reported epoch.
 Point = tuple[int, float, float]
 
@@ -136,18 +131,14 @@ def experiment_name(strategy: str, seed: int) -> str:
 
 def preset_files(name: str) -> list[Path]:
     """The CSVs of a preset data set, looked up where the test suite looks for them
-    ($TIMESCLIP_REAL_DATA, then shared/data/ in or beside the checkout); UserError naming
-    the places when they are not there."""
+    (`benchmarks.data_files.find_data`: $TIMESCLIP_REAL_DATA, then shared/data/ in or
+    beside the checkout); UserError naming the places when they are not there."""
     folder, pattern, _ = DATA_PRESETS[name]
-    places = [Path(p) for p in [os.environ.get("TIMESCLIP_REAL_DATA")] if p]
-    places += [ROOT / "shared" / "data", ROOT.parent / "shared" / "data"]
-    for place in places:
-        files = sorted((place / folder).glob(pattern))
-        if files:
-            return files
-    raise UserError(f"--data {name}: no {folder}/{pattern} in "
-                    f"{', '.join(map(str, places))}; set TIMESCLIP_REAL_DATA to the folder "
-                    "that holds it")
+    files, places = find_data(folder, pattern)
+    if files:
+        return files
+    raise UserError(f"--data {name}: no {folder}/{pattern} in {places_text(places)}; set "
+                    f"{DATA_ENV} to the folder that holds it")
 
 
 def data_flags(data: Sequence[str] | None) -> tuple[list[str], str]:

@@ -24,6 +24,7 @@ def benchmark_module(name: str) -> Any:
     """benchmarks/<name>.py imported as a module (the folder is not a package)."""
     spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # a dataclass looks its module up by name while it is built
     spec.loader.exec_module(module)
     return module
 
@@ -66,6 +67,19 @@ def finish(proc: subprocess.Popen, timeout: float = 600) -> tuple[int, str]:
         code = proc.wait()
     proc.handle.close()  # type: ignore[attr-defined]
     return code, Path(proc.log).read_text()  # type: ignore[attr-defined]
+
+
+def killed_then_resumed(args: list[str], label: str, after: int = 3
+                        ) -> tuple[subprocess.CompletedProcess, str]:
+    """Run the search `args` (`tuner.search ...`), SIGKILLed by its own fault point right
+    after its `after`-th journaled result, then the same command with --resume to the end.
+    Returns (the killed run, the resumed run's stdout; it must exit 0)."""
+    killed, wall = cli(*args, TIMESCLIP_FAULT=f"after_result:{after}")
+    print(f"\n[wall] {label} until the kill: {wall:.1f}s")
+    assert killed.returncode == -signal.SIGKILL, killed.stdout[-3000:] + killed.stderr[-3000:]
+    resumed, wall = cli(*args, "--resume")
+    print(f"[wall] resumed to the end: {wall:.1f}s")
+    return killed, ok(resumed)
 
 
 def ok(proc: subprocess.CompletedProcess) -> str:

@@ -12,13 +12,12 @@ gives for the exported configuration), and the report and best_config.yaml say s
 from __future__ import annotations
 
 import json
-import signal
 
 import numpy as np
 import pytest
 import yaml
 from real_data import illinois_csvs
-from search_helpers import check_consistent, cli, journal_events, ok
+from search_helpers import check_consistent, journal_events, killed_then_resumed
 
 pytestmark = pytest.mark.e2e
 
@@ -43,13 +42,9 @@ def _args(storage, *extra: str) -> list[str]:
 def cv_search(tmp_path_factory):
     """Killed after its third result, then resumed to the end."""
     storage = tmp_path_factory.mktemp("cv")
-    killed, wall = cli(*_args(storage), TIMESCLIP_FAULT="after_result:3")
-    print(f"\n[wall] cv search until the kill: {wall:.1f}s")
-    assert killed.returncode == -signal.SIGKILL, killed.stdout[-3000:] + killed.stderr[-3000:]
+    killed, stdout = killed_then_resumed(_args(storage), "cv search")
     assert "selection: --cv years, val_rmse is the mean over 2 folds" in killed.stdout
-    resumed, wall = cli(*_args(storage, "--resume"))
-    print(f"[wall] resumed to the end: {wall:.1f}s")
-    return {"exp": storage / NAME, "stdout": ok(resumed)}
+    return {"exp": storage / NAME, "stdout": stdout}
 
 
 def test_every_result_is_the_mean_over_the_folds(cv_search):

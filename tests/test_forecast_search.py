@@ -9,13 +9,19 @@ index.html shows the forecasting figures in a real browser.
 from __future__ import annotations
 
 import json
-import signal
 
 import numpy as np
 import pytest
 import yaml
 from real_data import forecast_csv
-from search_helpers import check_consistent, cli, journal_events, ok, tb_scalars
+from search_helpers import (
+    check_consistent,
+    cli,
+    journal_events,
+    killed_then_resumed,
+    ok,
+    tb_scalars,
+)
 from test_report_browser import assert_page_ok, chromium, render  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.e2e
@@ -35,12 +41,8 @@ def _args(storage, *extra: str) -> list[str]:
 def forecast_search(tmp_path_factory):
     """Killed after its third result, then resumed to the end."""
     storage = tmp_path_factory.mktemp("forecast")
-    killed, wall = cli(*_args(storage), TIMESCLIP_FAULT="after_result:3")
-    print(f"\n[wall] forecasting search until the kill: {wall:.1f}s")
-    assert killed.returncode == -signal.SIGKILL, killed.stdout[-3000:] + killed.stderr[-3000:]
-    resumed, wall = cli(*_args(storage, "--resume"))
-    print(f"[wall] resumed to the end: {wall:.1f}s")
-    return {"exp": storage / NAME, "stdout": ok(resumed)}
+    _, stdout = killed_then_resumed(_args(storage), "forecasting search")
+    return {"exp": storage / NAME, "stdout": stdout}
 
 
 def test_the_resumed_search_is_consistent_and_scored_on_every_test_window(forecast_search):

@@ -590,32 +590,51 @@ PREFLIGHT = {
 }
 
 
+def _in_process(argv: list[str]) -> subprocess.CompletedProcess:
+    """`python -m tuner.search ARGV` run inside this process: main() as the module runs
+    it, its stdout / stderr captured, the environment it sets for Ray put back after.
+    (A pre-flight failure never gets as far as Ray; running it here saves an interpreter
+    start and the torch / Ray imports per case.)"""
+    import contextlib
+    import io
+
+    from tuner import search
+
+    out, err, saved = io.StringIO(), io.StringIO(), dict(os.environ)
+    os.environ.pop("RAY_ADDRESS", None)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = search.main(argv)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
+
+
 @pytest.fixture(scope="module")
 def preflight_runs(tmp_path_factory):
-    """Every PREFLIGHT case run once, two at a time (each is mostly import time)."""
-    from concurrent.futures import ThreadPoolExecutor
-
+    """Every PREFLIGHT case run once, in this process."""
     root = tmp_path_factory.mktemp("preflight")
     bad_space = root / "bad.yaml"
     bad_space.write_text(BAD_SPACE)
+    seasons = {f"y{p.stem[-4:]}": p for p in illinois_csvs()}
 
     def run(case: str) -> tuple[subprocess.CompletedProcess, float, Path]:
         args, _ = PREFLIGHT[case]
         storage = root / case
         (storage / "taken").mkdir(parents=True)
         (storage / "taken" / "search_meta.json").write_text("{}")
-        seasons = {f"y{p.stem[-4:]}": p for p in illinois_csvs()}
         args = [a.format(bad_space=bad_space, tmp=root, etth1=forecast_csv("ETTh1"),
                          yield_csv=illinois_csvs()[0], **seasons) for a in args]
         if "--name" not in args:
             args += ["--name", "fresh"]
         if "--storage" not in args:
             args += ["--storage", str(storage)]
-        proc, wall = _cli("tuner.search", *args, timeout=120)
-        return proc, wall, storage
+        started = time.perf_counter()
+        proc = _in_process(args)
+        return proc, time.perf_counter() - started, storage
 
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        return dict(zip(PREFLIGHT, pool.map(run, PREFLIGHT)))
+    return {case: run(case) for case in PREFLIGHT}
 
 
 @pytest.mark.parametrize("case", list(PREFLIGHT))
@@ -628,6 +647,9 @@ def test_preflight_failure_is_one_line_exit_2_without_ray(case, preflight_runs):
     assert PREFLIGHT[case][1] in lines[0]
     assert "Traceback" not in proc.stderr + proc.stdout
     assert not any(line.startswith("ray: ") for line in proc.stdout.splitlines()), proc.stdout
+    import ray
+
+    assert not ray.is_initialized()  # no Ray instance was started for it
     assert "dashboard" not in (proc.stdout + proc.stderr).lower()
     assert not (storage / "fresh").exists()  # nothing written for a run that never started
     assert sorted(p.name for p in storage.iterdir()) == ["taken"]  # nothing outside it either
@@ -640,5 +662,5 @@ def test_help_lists_the_main_flags():
     print(f"\n[wall] --help: {wall:.1f}s")
     stdout = _ok(proc)
     for flag in ("--space", "--num-samples", "--gpus-per-trial", "--address", "--storage",
-                 "--resume"):
+                 "--resume", "--cv"):
         assert flag in stdout, flag
