@@ -182,21 +182,29 @@ def test_a_second_driver_is_refused_and_the_first_finishes_untouched(tmp_path, s
     exp = tmp_path / "shared"
     first = start(*_args(tmp_path, "shared", small_csvs, *longer), log=tmp_path / "first.log")
     wait_for_results(exp, 1, first)
-    journal_before = (exp / "journal.jsonl").read_bytes()
-    assert first.poll() is None
-    others = [subprocess.Popen([sys.executable, "-m",
-                                *_args(tmp_path, "shared", small_csvs, *longer, *extra)],
-                               cwd=Path(__file__).resolve().parents[1], text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-              for extra in (("--resume",), ())]
-    for other in others:
-        out, err = other.communicate(timeout=300)
-        line = _one_error_line(subprocess.CompletedProcess(other.args, other.returncode,
-                                                           out, err), 2)
-        assert f"is being run by another driver (pid {first.pid} on host " in line, line
-        assert "ray: " not in out  # refused before Ray started
+    # The first driver is held (SIGSTOP: alive, its lock valid) while the others start, so
+    # that it cannot finish before they reach the lock, however slowly they start (an
+    # interpreter and the torch / Ray imports take seconds; a fast search is over sooner).
+    os.kill(first.pid, signal.SIGSTOP)
+    try:
+        journal_before = (exp / "journal.jsonl").read_bytes()
+        assert first.poll() is None
+        others = [subprocess.Popen([sys.executable, "-m",
+                                    *_args(tmp_path, "shared", small_csvs, *longer, *extra)],
+                                   cwd=Path(__file__).resolve().parents[1], text=True,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                  for extra in (("--resume",), ())]
+        for other in others:
+            out, err = other.communicate(timeout=300)
+            line = _one_error_line(subprocess.CompletedProcess(other.args, other.returncode,
+                                                               out, err), 2)
+            assert f"is being run by another driver (pid {first.pid} on host " in line, line
+            assert "ray: " not in out  # refused before Ray started
+        # the second drivers wrote nothing: the journal is the first's, as it was held
+        assert (exp / "journal.jsonl").read_bytes() == journal_before
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
     assert first.poll() is None, "the first driver ended before the others were refused"
-    # the second drivers wrote nothing: the journal only grew by the first's own lines
     assert (exp / "journal.jsonl").read_bytes().startswith(journal_before)
     code, output = finish(first)
     assert code == 0, output[-3000:]
