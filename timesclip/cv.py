@@ -346,10 +346,12 @@ def retrain(config: TrainConfig, bundle: DataBundle, epochs: int, *,
             vision_features: dict[str, torch.Tensor] | None = None,
             backbone: Backbone | None = None, tb_dir: str | Path | None = None,
             hparams: dict[str, Any] | None = None,
-            log: Callable[[str], None] | None = None) -> FitResult:
+            log: Callable[[str], None] | None = None,
+            evaluate_test: bool = True) -> FitResult:
     """Train `config` on every training row of `bundle` (`all_training`) for `epochs`
     epochs and score the test split once; the run of the configuration a cross-validated
-    search exports.
+    search exports. evaluate_test=False leaves the scoring to the caller (a search scores
+    the saved best.pt itself, with its predictions and attention, in one pass).
 
     epochs: the CV-selected best epoch (FoldsResult.best_epoch, <= config.epochs). The
     learning-rate schedule is the configuration's own (a cosine schedule still spans
@@ -374,7 +376,7 @@ def retrain(config: TrainConfig, bundle: DataBundle, epochs: int, *,
             training.epoch()
     finally:
         training.close()
-    return training.finish(evaluate_test=True)
+    return training.finish(evaluate_test=evaluate_test)
 
 
 __all__ = ["FOLDS_FILE", "FOLD_DIR", "FOLD_REPORTED", "FoldsResult", "fit_folds", "fold_dir",

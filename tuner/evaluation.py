@@ -142,8 +142,9 @@ def _retrain_selected(layout: ExperimentLayout, dirname: str, epochs: int | None
     rows = len(data.train) + len(data.val)
     echo(f"retraining the selected configuration on all {rows} training rows for {epochs} "
          f"epochs (its cross-validated best) -> {out.name}/")
-    result = retrain(config, data, epochs, checkpoint_dir=out,
-                     vision_features=features if shared else None, tb_dir=out)
+    result = retrain(config, data, epochs, checkpoint_dir=out,  # scored by the caller
+                     vision_features=features if shared else None, tb_dir=out,
+                     evaluate_test=False)
     return out, {"retrain_rows": rows, "retrain_epochs": int(epochs),
                  "retrain_seconds": result.train_seconds}
 
