@@ -338,6 +338,14 @@ def notes(rows: Sequence[Row], settings: Settings) -> list[str]:
         if names:
             out.append(f"TimesCLIP ({settings.backbone}) {verdict} naive on test MSE: "
                        f"{', '.join(names)}.")
+    losing = [f"{DATASETS[r.dataset]} ({r.horizon}: {r.scores['timesclip']['val']['mse']:.3f} "
+              f"against {r.scores['naive']['val']['mse']:.3f})" for r in rows
+              if r.test("timesclip") and r.test("naive")
+              and not beats(r.test("timesclip"), r.test("naive"))
+              and "val" in r.scores["timesclip"] and "val" in r.scores["naive"]]
+    if losing:
+        out.append("Where TimesCLIP loses to naive on test, its validation MSE against "
+                   f"naive's: {', '.join(losing)} (whether validation saw it coming).")
     hard = [f"{DATASETS[r.dataset]} ({r.horizon}: naive {r.test('naive')['mse']:.3f}, paper "
             f"{paper('TimesCLIP', r.dataset, r.horizon)[0]:.3f})" for r in rows
             if r.test("naive") and paper("TimesCLIP", r.dataset, r.horizon)
@@ -394,11 +402,12 @@ def run_file(settings: Settings, dataset: str, path: Path, horizon: int,
     start = time.perf_counter()
     base = forecast_baselines(data, dlinear=False)
     row.scores["naive"] = base["naive"]
-    done("naive", time.perf_counter() - start)
+    done("naive", time.perf_counter() - start, f" (val MSE {base['naive']['val']['mse']:.4f})")
     start = time.perf_counter()
     base = forecast_baselines(data, seed=settings.seed)
     row.scores["dlinear"] = base["dlinear"]
-    done("dlinear", time.perf_counter() - start)
+    done("dlinear", time.perf_counter() - start,
+         f" (val MSE {base['dlinear']['val']['mse']:.4f})")
 
     start = time.perf_counter()
     if cache.get("off"):

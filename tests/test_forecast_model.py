@@ -129,6 +129,36 @@ def test_output_is_denormalised_into_each_windows_level_and_spread(backbone):
     assert (base.mean() - moved.mean()).abs() > 5  # not normalised away
 
 
+@pytest.mark.parametrize("arm", ["E1", "E4"])
+def test_the_last_value_anchor_starts_at_the_naive_forecast(backbone, arm):
+    """forecast_anchor last: an untrained model repeats each variate's last value exactly
+    (the head starts at zero, its output is added to the last value), and training moves
+    it away from there; the default (mean) starts elsewhere."""
+    torch.manual_seed(0)
+    config = apply_ablation(forecast_config(forecast_anchor="last"), arm)
+    model = TimesCLIP(config, V, backbone).eval()
+    x = torch.randn(B, L, V) * 2 + 5  # [B, L, V]
+    vision = feats(backbone) if config.use_vision else None
+    with torch.no_grad():
+        out = model(x, vision).y_pred  # [B, H, V]
+    naive = x[:, -1:, :].expand(B, H, V)  # the last step repeated
+    torch.testing.assert_close(out, naive, atol=1e-4, rtol=1e-5)
+
+    model.train()
+    optimiser = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    target = torch.randn(B, H, V)
+    for _ in range(2):  # two steps: the first moves only the head, the second the rest too
+        optimiser.zero_grad()
+        torch.nn.functional.mse_loss(model(x, vision).y_pred, target).backward()
+        optimiser.step()
+    with torch.no_grad():
+        assert not torch.allclose(model.eval()(x, vision).y_pred, naive, atol=1e-3)
+
+    mean_model = TimesCLIP(apply_ablation(forecast_config(), arm), V, backbone).eval()
+    with torch.no_grad():
+        assert not torch.allclose(mean_model(x, vision).y_pred, naive, atol=1e-2)
+
+
 def test_cross_selection_asks_with_the_text_cls(backbone):
     """E1 with the paper's selection: the query handed to the attention is the text [CLS],
     not the image [CLS]; keys and values are the fused tokens (image + text)."""
@@ -196,7 +226,8 @@ def test_yield_only_fields_are_refused_for_forecast(field, value):
 
 
 @pytest.mark.parametrize("field, value", [("lookback", 48), ("horizon", 192),
-                                          ("train_stride", 4), ("borders", "ratio")])
+                                          ("train_stride", 4), ("borders", "ratio"),
+                                          ("forecast_anchor", "last")])
 def test_forecast_only_fields_are_refused_for_yield(field, value):
     assert field in FORECAST_ONLY
     with pytest.raises(ConfigError, match=f"^{field} .*only applies to the forecast task.*"
@@ -214,6 +245,7 @@ def test_forecast_only_fields_are_refused_for_yield(field, value):
     (dict(task="forecast", train_stride=0), "train_stride must be an integer >= 1"),
     (dict(task="forecast", borders="months"), "borders must be one of auto, etth"),
     (dict(task="predict"), "task must be one of yield, forecast"),
+    (dict(task="forecast", forecast_anchor="first"), "forecast_anchor must be one of mean, last"),
     (dict(variate_selection="both"), "variate_selection must be one of gate, cross"),
 ])
 def test_bad_forecast_settings_are_one_line(changes, message):
@@ -224,6 +256,6 @@ def test_bad_forecast_settings_are_one_line(changes, message):
 
 def test_a_forecast_config_round_trips_through_yaml(tmp_path):
     config = forecast_config(train_stride=4, borders="ratio", variate_selection="gate",
-                             patch_length=12, stride=6)
+                             patch_length=12, stride=6, forecast_anchor="last")
     config.to_yaml(tmp_path / "c.yaml", provenance={"experiment": "x"})
     assert TrainConfig.from_yaml(tmp_path / "c.yaml") == config

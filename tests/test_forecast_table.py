@@ -95,6 +95,9 @@ def test_notes_say_tiny_cannot_reproduce_and_which_files_lose_to_naive():
     assert ft.gpu_command(quick) in text
     assert "beats naive on test MSE: ETTm1 (96)." in text
     assert "does not beat naive on test MSE: Exchange (96)." in text
+    # where it loses on test, what validation said (row() gives val the test's numbers)
+    assert "its validation MSE against naive's: Exchange (96: 0.090 against 0.081)" in text
+    assert "ETTm1 (96: 0.400" not in text
     # naive 0.081 <= the paper's TimesCLIP 0.083 on Exchange, not on ETTm1 (0.80 > 0.319)
     assert "TimesCLIP MSE on Exchange (96: naive 0.081, paper 0.083)" in text
     assert "ETTm1 (96: naive" not in text

@@ -77,6 +77,9 @@ FIELD_HELP: dict[str, str] = {
                     "and test always use every window",
     "borders": "forecast: the split: auto (from the file name, as TSLib: ETTh*, ETTm*, "
                "else 70/10/20), etth, ettm or ratio",
+    "forecast_anchor": "forecast: mean: the head forecasts on the window's RevIN scale (the "
+                       "paper's); last: it forecasts the change from the window's last value "
+                       "and starts at the naive forecast (NLinear's anchor)",
     "variate_selection": "gate: self-attention across variates and a gate; cross: the "
                          "paper's cross-attention with each variate's text CLS as query",
     "bands": "comma-separated band names to use, in this order",

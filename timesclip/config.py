@@ -57,7 +57,9 @@ MONITOR_CHOICES = TASK_MONITOR_CHOICES["yield"]
 #: refused (never silently ignored); at the default it is unused by that task.
 YIELD_ONLY = ("bands", "input_steps", "split", "test_year", "val_fraction", "test_fraction",
               "split_seed", "head_hidden")
-FORECAST_ONLY = ("lookback", "horizon", "train_stride", "borders")
+FORECAST_ONLY = ("lookback", "horizon", "train_stride", "borders", "forecast_anchor")
+#: What a forecast is relative to on the window's normalised scale (see `forecast_anchor`).
+FORECAST_ANCHORS = ("mean", "last")
 
 #: The ablation matrix of SEED.md: id -> the TrainConfig switches it sets.
 ABLATIONS: dict[str, dict[str, Any]] = {
@@ -89,6 +91,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "precision": ("fp32", "bf16"),
     "task": TASKS,
     "borders": BORDERS,
+    "forecast_anchor": FORECAST_ANCHORS,
 }
 #: Choices of fields that may be None (None: the task's default, TASK_DEFAULTS).
 _OPTIONAL_CHOICES: dict[str, tuple[str, ...]] = {"variate_selection": ("gate", "cross")}
@@ -117,6 +120,10 @@ class TrainConfig:
     horizon: int = 96  # H: steps forecast
     train_stride: int = 1  # use every N-th training window (val/test: every window)
     borders: str = "auto"  # auto (from the file name) | etth | ettm | ratio (70/10/20)
+    # mean: the head's output is the forecast on the window's RevIN scale (the paper's);
+    # last: it is a change from the window's last value (NLinear's anchor, head starts at 0,
+    # so an untrained model forecasts the naive repeat-last-value)
+    forecast_anchor: str = "mean"
 
     # --- backbone and rendering
     backbone: str = DEFAULT_BACKBONE  # hub id, local directory, or "tiny" (random, small)

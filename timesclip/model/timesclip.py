@@ -78,7 +78,9 @@ class TimesCLIP(nn.Module):
                           if config.use_variate_selection else None)
         self.head: nn.Module
         if self.forecast:
-            self.head = ForecastHead(config.n_patches, d, config.horizon, config.dropout)
+            self.anchor_last = config.forecast_anchor == "last"
+            self.head = ForecastHead(config.n_patches, d, config.horizon, config.dropout,
+                                     zero_init=self.anchor_last)
         else:
             n_streams = 3 if config.use_vision else 2
             self.head = RegressionHead(n_streams * self.n_variates * d, config.head_hidden,
@@ -121,6 +123,8 @@ class TimesCLIP(nn.Module):
 
         if self.forecast:
             y_norm = self.head(patches, selected)  # [B, V, H] on the window's own scale
+            if self.anchor_last:  # the head forecasts the change from the last value
+                y_norm = y_norm + series[..., -1:]  # [B, V, H] + [B, V, 1]
             y_pred = denormalise(y_norm, mean, std).transpose(1, 2)  # [B, H, V]
         else:
             streams = [cls_text, selected] if cls_img is None else [cls_img, cls_text,
