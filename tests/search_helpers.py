@@ -82,6 +82,27 @@ def killed_then_resumed(args: list[str], label: str, after: int = 3
     return killed, ok(resumed)
 
 
+def in_process(module: str, argv: list[str]) -> subprocess.CompletedProcess:
+    """`python -m MODULE ARGV` (tuner.search or tuner.results) run inside this process: its
+    main() as the module runs it, stdout / stderr captured, the environment it sets for Ray
+    put back after. For runs refused before Ray starts (one line, exit 2): it saves an
+    interpreter start and the torch / Ray imports per run."""
+    import contextlib
+    import importlib
+    import io
+
+    main = importlib.import_module(module).main
+    out, err, saved = io.StringIO(), io.StringIO(), dict(os.environ)
+    os.environ.pop("RAY_ADDRESS", None)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(argv)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
+
+
 def ok(proc: subprocess.CompletedProcess) -> str:
     """stdout of a run that must have exited 0 (its output is shown when it did not)."""
     assert proc.returncode == 0, (
@@ -212,6 +233,21 @@ def _descendants(root: int) -> set[int]:
             out.add(pid)
             todo.extend(children.get(pid, []))
     return out
+
+
+def dashboard_frontends(root_pid: int) -> list[int]:
+    """Ray dashboard servers with their web frontend among `root_pid`'s descendants (Ray
+    without the dashboard still runs ray/dashboard/dashboard.py, with --disable-frontend
+    and only its usage-stats module; the per-node agent is another program)."""
+    found = []
+    for pid in _descendants(root_pid):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            if b"dashboard/dashboard.py" in cmdline and b"--disable-frontend" not in cmdline:
+                found.append(pid)
+        except OSError:  # ended meanwhile
+            continue
+    return found
 
 
 def _decode(hex_addr: str) -> str:

@@ -35,7 +35,8 @@ def _args(storage, *extra: str) -> list[str]:
     return ["tuner.search", "--space", "quick", "--data", *_files(), *YEAR_FLAGS,
             "--cv", "years", "--backbone", "tiny", "--num-samples", str(SAMPLES),
             "--max-epochs", str(EPOCHS), "--storage", str(storage), "--name", NAME,
-            "--num-cpus", "2", "--cpus-per-trial", "1", "--seed", "3", *extra]
+            "--num-cpus", "2", "--no-dashboard", "--cpus-per-trial", "1", "--seed", "3",
+            *extra]
 
 
 @pytest.fixture(scope="module")

@@ -33,7 +33,7 @@ def _args(storage, *extra: str) -> list[str]:
     return ["tuner.search", "--space", "forecast", "--data", str(forecast_csv("ETTh1")),
             "--backbone", "tiny", "--train-stride", str(STRIDE), "--num-samples",
             str(SAMPLES), "--max-epochs", str(EPOCHS), "--storage", str(storage),
-            "--name", NAME, "--num-cpus", "2", "--cpus-per-trial", "1",
+            "--name", NAME, "--num-cpus", "2", "--no-dashboard", "--cpus-per-trial", "1",
             "--gpus-per-trial", "0", "--seed", "7", *extra]
 
 

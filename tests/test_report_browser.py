@@ -147,8 +147,8 @@ def illinois_search(tmp_path_factory):
     completed)."""
     storage = tmp_path_factory.mktemp("illinois")
     proc = _cli("tuner.search", "--space", "quick", "--num-samples", 6, "--max-epochs", 3,
-                "--storage", storage, "--name", "il", "--num-cpus", 2, "--input-steps", 12,
-                "--max-concurrent", 1, "--data", *illinois_csvs())
+                "--storage", storage, "--name", "il", "--num-cpus", 2, "--no-dashboard",
+                "--input-steps", 12, "--max-concurrent", 1, "--data", *illinois_csvs())
     return {"exp": storage / "il", "stdout": proc.stdout}
 
 
@@ -229,8 +229,8 @@ def test_ablation_page_in_chromium(chromium, tmp_path, small_csvs):
     small = tmp_path / "small.yaml"
     small.write_text("d_model: 32\nhead_hidden: 32\n")
     _cli("tuner.search", "--space", "ablation", "--backbone", "tiny", "--max-epochs", 2,
-         "--seeds", "0,1", "--config", small, "--num-cpus", 2, "--cpus-per-trial", 1,
-         "--gpus-per-trial", 0, "--storage", tmp_path, "--name", "ab",
+         "--seeds", "0,1", "--config", small, "--num-cpus", 2, "--no-dashboard",
+         "--cpus-per-trial", 1, "--gpus-per-trial", 0, "--storage", tmp_path, "--name", "ab",
          "--data", *small_csvs)
     index = tmp_path / "ab" / "report" / "index.html"
     seen = render(chromium, index, tmp_path / "ablation.png")

@@ -24,6 +24,7 @@ import pandas as pd
 import pytest
 import yaml
 from journal_fixtures import ExperimentWriter, rmse_metrics
+from search_helpers import in_process
 
 from timesclip.config import TrainConfig, apply_ablation
 from timesclip.errors import UserError
@@ -625,9 +626,12 @@ def test_ablation_baselines_unavailable_when_data_changed(ablation_exp, small_bu
 
 # ------------------------------------------------------------------------------ CLI
 def test_cli_bad_path_is_one_line_exit_2(tmp_path):
-    for target in (tmp_path / "nope", tmp_path):
-        proc = subprocess.run([sys.executable, "-m", "tuner.results", str(target)],
-                              capture_output=True, text=True, timeout=120)
+    """As a user runs it (a fresh interpreter) for a missing folder, in this process for a
+    folder that is no experiment."""
+    for target, run in ((tmp_path / "nope", "subprocess"), (tmp_path, "in process")):
+        proc = (subprocess.run([sys.executable, "-m", "tuner.results", str(target)],
+                               capture_output=True, text=True, timeout=120)
+                if run == "subprocess" else in_process("tuner.results", [str(target)]))
         assert proc.returncode == 2
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and str(target) in lines[0]

@@ -25,7 +25,7 @@ import pandas as pd
 import pytest
 import yaml
 from real_data import forecast_csv, illinois_csvs
-from search_helpers import journal_events, tb_scalars
+from search_helpers import in_process, journal_events, tb_scalars
 
 from tuner.layout import OPTUNA_JOURNAL
 from tuner.report import CONTRACT_COLUMNS
@@ -308,7 +308,7 @@ def test_ablation_report(tmp_path):
     small.write_text("d_model: 32\nhead_hidden: 32\n")
     proc, wall = _cli("tuner.search", "--space", "ablation", "--backbone", "tiny",
                       "--max-epochs", 2, "--seeds", "0,1", "--storage", tmp_path,
-                      "--name", "ab", "--config", small, "--num-cpus", 2,
+                      "--name", "ab", "--config", small, "--num-cpus", 2, "--no-dashboard",
                       "--cpus-per-trial", 1, "--gpus-per-trial", 0)
     print(f"\n[wall] ablation search (5 arms x 2 seeds x 2 epochs): {wall:.1f}s")
     _report_port_clashes("ablation", proc)
@@ -375,11 +375,13 @@ def test_random_fifo_runs_every_trial_to_its_end(tmp_path, small_csvs):
     cache = tmp_path / "cache"  # a feature cache of its own: the first search fills it
     proc, wall = _cli("tuner.search", "--space", "quick", "--searcher", "random",
                       "--scheduler", "fifo", "--num-samples", 3, "--max-epochs", 3,
-                      "--storage", tmp_path, "--name", "rf", "--num-cpus", 2,
+                      "--storage", tmp_path, "--name", "rf", "--num-cpus", 2, "--no-dashboard",
                       "--feature-cache", cache, "--data", *small_csvs)
     print(f"\n[wall] random + FIFO search (3 trials x 3 epochs): {wall:.1f}s")
     stdout = _ok(proc)
     assert "RANDOM + FIFO" in stdout
+    assert "ray: private local instance on 127.0.0.1, without the dashboard" in stdout
+    assert "dashboard at http" not in stdout
     assert "vision features: encoding" in stdout and "stored in cache" in stdout
     exp = tmp_path / "rf"
     meta = json.loads((exp / "search_meta.json").read_text())
@@ -400,7 +402,8 @@ def test_random_fifo_runs_every_trial_to_its_end(tmp_path, small_csvs):
     # a second search on the same data and backbone spends no time in the vision tower
     again, wall = _cli("tuner.search", "--space", "quick", "--num-samples", 1,
                        "--max-epochs", 1, "--storage", tmp_path, "--name", "again",
-                       "--num-cpus", 2, "--feature-cache", cache, "--data", *small_csvs)
+                       "--num-cpus", 2, "--no-dashboard", "--feature-cache", cache,
+                       "--data", *small_csvs)
     print(f"[wall] second search, features from the cache: {wall:.1f}s")
     out = _ok(again)
     assert "vision features: loaded from cache" in out and "encoding" not in out
@@ -475,7 +478,7 @@ def test_failing_trial_is_reported_and_search_finishes(tmp_path, small_csvs):
         fit(config, load_bundle(config, small_csvs), evaluate_test=False)
 
     proc, wall = _cli("tuner.search", "--space", space_path, "--storage", tmp_path,
-                      "--name", "nan", "--seed", seed, "--num-cpus", 2,
+                      "--name", "nan", "--seed", seed, "--num-cpus", 2, "--no-dashboard",
                       "--data", *small_csvs)
     print(f"[wall] search with a diverging trial (4 trials x 2 epochs): {wall:.1f}s")
     _report_port_clashes("diverging", proc)
@@ -537,6 +540,9 @@ PREFLIGHT = {
                           "file not found"),
     "unreachable-address": (["--space", "quick", "--address", "127.0.0.1:1"],
                             "cannot reach a Ray cluster at 127.0.0.1:1"),
+    "no-dashboard-on-a-cluster": (["--space", "quick", "--address", "127.0.0.1:1",
+                                   "--no-dashboard"],
+                                  "--no-dashboard applies to the private local instance"),
     "missing-backbone-dir": (["--space", "quick", "--backbone", "/no/such/dir"],
                              "cannot load CLIP backbone '/no/such/dir'"),
     "grace-above-max-epochs": (["--space", "quick", "--grace-period", "5",
@@ -590,27 +596,6 @@ PREFLIGHT = {
 }
 
 
-def _in_process(argv: list[str]) -> subprocess.CompletedProcess:
-    """`python -m tuner.search ARGV` run inside this process: main() as the module runs
-    it, its stdout / stderr captured, the environment it sets for Ray put back after.
-    (A pre-flight failure never gets as far as Ray; running it here saves an interpreter
-    start and the torch / Ray imports per case.)"""
-    import contextlib
-    import io
-
-    from tuner import search
-
-    out, err, saved = io.StringIO(), io.StringIO(), dict(os.environ)
-    os.environ.pop("RAY_ADDRESS", None)
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = search.main(argv)
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
-
-
 @pytest.fixture(scope="module")
 def preflight_runs(tmp_path_factory):
     """Every PREFLIGHT case run once, in this process."""
@@ -631,7 +616,7 @@ def preflight_runs(tmp_path_factory):
         if "--storage" not in args:
             args += ["--storage", str(storage)]
         started = time.perf_counter()
-        proc = _in_process(args)
+        proc = in_process("tuner.search", args)
         return proc, time.perf_counter() - started, storage
 
     return {case: run(case) for case in PREFLIGHT}
@@ -650,7 +635,7 @@ def test_preflight_failure_is_one_line_exit_2_without_ray(case, preflight_runs):
     import ray
 
     assert not ray.is_initialized()  # no Ray instance was started for it
-    assert "dashboard" not in (proc.stdout + proc.stderr).lower()
+    assert "dashboard at http" not in (proc.stdout + proc.stderr).lower()  # none started
     assert not (storage / "fresh").exists()  # nothing written for a run that never started
     assert sorted(p.name for p in storage.iterdir()) == ["taken"]  # nothing outside it either
     assert not (storage / ".." / ".." / "escape").resolve().exists()

@@ -296,7 +296,8 @@ def test_summarize_on_a_real_search(bench, small_csvs, tmp_path):
 
     args = argparse.Namespace(space="quick", num_samples=4, max_epochs=2, num_cpus=2,
                               max_concurrent=2, grace_period=None, reduction_factor=None,
-                              data_flags=["--data", *map(str, small_csvs)], extra_flags=[],
+                              data_flags=["--data", *map(str, small_csvs)],
+                              extra_flags=["--no-dashboard"],
                               liar_off_space=None)
     res = bench.run_search(tmp_path, "tpe-asha-s0", args, bench.STRATEGIES["TPE+ASHA"], 0)
     exp = tmp_path / "tpe-asha-s0"

@@ -156,8 +156,10 @@ def _driver_env() -> None:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 
-def init_ray(address: str | None, num_cpus: int | None, echo: Echo) -> None:
-    """Join the cluster at `address`, or start this search's private local instance."""
+def init_ray(address: str | None, num_cpus: int | None, echo: Echo, *,
+             dashboard: bool = True) -> None:
+    """Join the cluster at `address`, or start this search's private local instance (with
+    Ray's dashboard on 127.0.0.1 unless `dashboard` is False)."""
     import ray
 
     _driver_env()
@@ -172,10 +174,14 @@ def init_ray(address: str | None, num_cpus: int | None, echo: Echo) -> None:
     # No --address: always a new private instance, whatever RAY_ADDRESS or an address file
     # of another cluster on this machine says (see private_local_instance_env).
     os.environ.pop("RAY_ADDRESS", None)
-    context = ray.init(address="local", num_cpus=num_cpus, include_dashboard=True,
+    context = ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard,
                        dashboard_host="127.0.0.1", log_to_driver=True,
                        configure_logging=True, logging_level="warning",
                        _system_config={"enable_metrics_collection": False})
+    if not dashboard:
+        echo("ray: private local instance on 127.0.0.1, without the dashboard "
+             "(--no-dashboard)")
+        return
     url = getattr(context, "dashboard_url", None)
     token = ("$RAY_AUTH_TOKEN" if os.environ.get("RAY_AUTH_TOKEN") else
              os.environ.get("RAY_AUTH_TOKEN_PATH") or "~/.ray/auth_token")

@@ -195,7 +195,7 @@ class Driver:
         plan = self.plan
         ray_start = time.perf_counter()
         try:
-            init_ray(plan.address, plan.num_cpus, self.echo)
+            init_ray(plan.address, plan.num_cpus, self.echo, dashboard=plan.dashboard)
             if not plan.address:  # a second Ctrl-C ends the private instance too
                 self.stop.on_exit = end_own_processes
             # Ray's core installs its own SIGTERM handler (it aborts the process): take

@@ -76,6 +76,7 @@ class SearchPlan:
     resume: bool
     address: str | None
     num_cpus: int | None
+    dashboard: bool  # the private local instance's Ray dashboard (--no-dashboard: off)
     max_failures: int
     feature_cache: Path | None  # None: --no-feature-cache
     argv: tuple[str, ...]
@@ -191,6 +192,9 @@ def make_plan(args: argparse.Namespace, argv: Sequence[str],
     if args.address and args.num_cpus is not None:
         raise UserError("--num-cpus sizes the private local instance; with --address the "
                         "cluster's nodes decide: drop --num-cpus")
+    if args.address and args.no_dashboard:
+        raise UserError("--no-dashboard applies to the private local instance; with "
+                        "--address the cluster's own settings decide: drop --no-dashboard")
     if args.max_failures < 0:
         raise UserError(f"--max-failures must be >= 0, got {args.max_failures}")
     storage = resolve_storage(args.storage)
@@ -215,7 +219,8 @@ def make_plan(args: argparse.Namespace, argv: Sequence[str],
         scheduler="fifo" if space.kind == "ablation" else args.scheduler,
         layout=layout, name=name, data=data,
         data_paths=tuple(args.data) if args.data else None, resume=bool(args.resume),
-        address=args.address, num_cpus=args.num_cpus, max_failures=args.max_failures,
+        address=args.address, num_cpus=args.num_cpus, dashboard=not args.no_dashboard,
+        max_failures=args.max_failures,
         feature_cache=None if args.no_feature_cache else (
             Path(args.feature_cache).expanduser() if args.feature_cache
             else default_cache_dir()),

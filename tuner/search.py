@@ -88,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(dashboard on 127.0.0.1)")
     r.add_argument("--num-cpus", type=int, metavar="N",
                    help="CPUs of the local Ray instance (default: all)")
+    r.add_argument("--no-dashboard", action="store_true",
+                   help="start the local Ray instance without its dashboard (no web "
+                        "frontend): a quicker start (with --address the cluster's own "
+                        "settings decide)")
     cache = r.add_mutually_exclusive_group()
     cache.add_argument("--feature-cache", metavar="DIR",
                        help="where the frozen vision features are kept between searches "
