@@ -104,3 +104,19 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def ablation_search(tmp_path_factory) -> dict:
+    """One ablation search (5 arms x 2 seeds x 2 epochs, built-in synthetic data, tiny
+    backbone), shared by the report test and the browser test: {"exp", "proc", "wall"}."""
+    from search_helpers import cli
+
+    storage = tmp_path_factory.mktemp("ablation")
+    small = storage / "small.yaml"
+    small.write_text("d_model: 32\nhead_hidden: 32\n")
+    proc, wall = cli("tuner.search", "--space", "ablation", "--backbone", "tiny",
+                     "--max-epochs", 2, "--seeds", "0,1", "--storage", storage,
+                     "--name", "ab", "--config", small, "--num-cpus", 2, "--no-dashboard",
+                     "--cpus-per-trial", 1, "--gpus-per-trial", 0)
+    return {"exp": storage / "ab", "proc": proc, "wall": wall}

@@ -225,14 +225,10 @@ def test_results_cli_rebuilds_the_page(illinois_search, tmp_path):
 
 
 @pytest.mark.e2e
-def test_ablation_page_in_chromium(chromium, tmp_path, small_csvs):
-    small = tmp_path / "small.yaml"
-    small.write_text("d_model: 32\nhead_hidden: 32\n")
-    _cli("tuner.search", "--space", "ablation", "--backbone", "tiny", "--max-epochs", 2,
-         "--seeds", "0,1", "--config", small, "--num-cpus", 2, "--no-dashboard",
-         "--cpus-per-trial", 1, "--gpus-per-trial", 0, "--storage", tmp_path, "--name", "ab",
-         "--data", *small_csvs)
-    index = tmp_path / "ab" / "report" / "index.html"
+def test_ablation_page_in_chromium(chromium, tmp_path, ablation_search):
+    """The page of the ablation search test_search_e2e.py checks (one search, shared)."""
+    assert ablation_search["proc"].returncode == 0, ablation_search["proc"].stderr[-3000:]
+    index = ablation_search["exp"] / "report" / "index.html"
     seen = render(chromium, index, tmp_path / "ablation.png")
     print(f"[screenshot] {seen['screenshot']}")
     assert_page_ok(seen, ["ablation.png", "search_history.png", "learning_curves.png"])

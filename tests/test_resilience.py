@@ -167,6 +167,9 @@ def test_killed_between_a_decision_and_its_record(reference, tmp_path, small_csv
                     TIMESCLIP_FAULT="after_end:2")
     assert killed.returncode == -signal.SIGKILL, killed.stdout[-3000:] + killed.stderr[-3000:]
     assert "lock: took over the stale lock of pid" in killed.stdout  # the killed driver's
+    # the first driver cached the vision features (or found them): no vision pass again
+    assert "vision features: loaded from cache" in killed.stdout
+    assert "vision features: encoding" not in killed.stdout
     events = journal_events(exp)  # an end journaled, then killed before Optuna heard of it
     assert events[-1]["ev"] == "end"
     assert [e["ev"] for e in events].count("end") == ends_before + 2
