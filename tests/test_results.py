@@ -637,6 +637,17 @@ def test_cli_bad_path_is_one_line_exit_2(tmp_path):
         assert len(lines) == 1 and lines[0].startswith("error: ") and str(target) in lines[0]
 
 
+def test_a_bad_path_is_said_before_the_heavy_imports(tmp_path):
+    """A wrong path is reported without importing torch or matplotlib (seconds a user
+    would wait for one line; tuner.report imports its modules on demand)."""
+    code = ("import sys; from tuner.results import main; rc = main([sys.argv[1]]); "
+            "print(rc, 'torch' in sys.modules, 'matplotlib' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "nope")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.stdout.split() == ["2", "False", "False"], proc.stdout + proc.stderr
+    assert "is not a directory" in proc.stderr
+
+
 def test_cli_rebuilds_report(search_exp, tmp_path):
     exp = _copy(search_exp, tmp_path / "cli")
     proc = subprocess.run([sys.executable, "-m", "tuner.results", str(exp)],

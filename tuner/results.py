@@ -16,13 +16,15 @@ import pandas as pd
 from timesclip.cli_args import OneLineErrorParser
 from timesclip.errors import UserError
 from tuner.layout import META_FILE, TRIAL_ID
-from tuner.report import build_report, fmt, markdown_table
+from tuner.report.read import experiment_root, load_meta
 
 #: Columns of the top-trials table printed at the end.
 TOP_COLUMNS = (TRIAL_ID, "status", "stopped_by", "epochs_run", "best_val_rmse")
 
 
 def _top_text(path: Path, n: int = 3) -> str:
+    from tuner.report import fmt, markdown_table
+
     trials = pd.read_csv(path, keep_default_na=False, na_values=[""])
     cols = [c for c in TOP_COLUMNS if c in trials]
     rows = [[fmt(v) for v in row] for row in trials[cols].head(n).itertuples(index=False)]
@@ -44,6 +46,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                              f"`python -m tuner.search`); it holds {META_FILE}")
     args = parser.parse_args(argv)
     try:
+        # a wrong path is said before the report's heavy imports (matplotlib, torch)
+        load_meta(experiment_root(args.experiment))
+        from tuner.report import build_report
+
         paths = build_report(args.experiment, echo=lambda _line: None,
                              progress_echo=lambda line: print(line, flush=True))
     except UserError as exc:
@@ -59,8 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-#: `build_report` stays importable from here for callers of the earlier module.
-__all__ = ["build_report", "main"]
+__all__ = ["main"]
 
 
 if __name__ == "__main__":

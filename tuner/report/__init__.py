@@ -13,23 +13,35 @@ predictors), `tables`, `export` (best_config.yaml), `markdown` (summary.md, abla
 swapped in together).
 """
 
-from tuner.report.baselines import BaselineResult, reference_baselines, reference_results
-from tuner.report.build import ReportPaths, build_report
-from tuner.report.export import BestTrial, export_best_config
-from tuner.report.markdown import asha_rungs, markdown_table, write_ablation_md, write_summary
-from tuner.report.read import (
-    Experiment,
-    Progress,
-    TrialRecord,
-    load_meta,
-    load_trials,
-    read_experiment,
-)
-from tuner.report.tables import CONTRACT_COLUMNS, EXTRA_COLUMNS, ablation_table, trials_table
-from tuner.report.text import fmt
+from __future__ import annotations
 
-__all__ = ["CONTRACT_COLUMNS", "EXTRA_COLUMNS", "BaselineResult", "BestTrial", "Experiment",
-           "Progress", "ReportPaths", "TrialRecord", "ablation_table", "asha_rungs",
-           "build_report", "export_best_config", "fmt", "load_meta", "load_trials",
-           "markdown_table", "read_experiment", "reference_baselines", "reference_results",
-           "trials_table", "write_ablation_md", "write_summary"]
+import importlib
+from typing import Any
+
+#: name -> the module of this package that defines it. Imported when first used (PEP 562):
+#: `tuner.report.read` alone is light, while `build` pulls the figures (matplotlib, torch
+#: for the forecast figures), so a command that only checks a path stays fast.
+_EXPORTS: dict[str, str] = {
+    "BaselineResult": "baselines", "reference_baselines": "baselines",
+    "reference_results": "baselines",
+    "ReportPaths": "build", "build_report": "build",
+    "BestTrial": "export", "export_best_config": "export",
+    "asha_rungs": "markdown", "markdown_table": "markdown", "write_ablation_md": "markdown",
+    "write_summary": "markdown",
+    "Experiment": "read", "Progress": "read", "TrialRecord": "read", "load_meta": "read",
+    "load_trials": "read", "read_experiment": "read",
+    "CONTRACT_COLUMNS": "tables", "EXTRA_COLUMNS": "tables", "ablation_table": "tables",
+    "trials_table": "tables",
+    "fmt": "text",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'tuner.report' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"tuner.report.{_EXPORTS[name]}"), name)
+    globals()[name] = value  # once imported, a plain attribute
+    return value
+
+
+__all__ = sorted(_EXPORTS)
