@@ -65,7 +65,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["main"]
+def __getattr__(name: str) -> object:
+    """`build_report` stays importable from here for callers of the earlier module, and
+    is imported only when asked for (it pulls the figures' heavy imports)."""
+    if name == "build_report":
+        from tuner.report import build_report
+
+        return build_report
+    raise AttributeError(f"module 'tuner.results' has no attribute {name!r}")
+
+
+__all__ = ["main"]  # and build_report, through __getattr__
 
 
 if __name__ == "__main__":
